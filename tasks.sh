@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One entry point for the course's chores. Each command first makes sure .venv holds the
+# pinned environment (a no-op when requirements.txt and pyproject.toml are unchanged).
+#
+#   bash tasks.sh book     build the book into _build/html and print where it is
+#   bash tasks.sh test     run the whole test suite
+#   bash tasks.sh sync     after editing solutions/: regenerate the package exports and chapters/
+#   bash tasks.sh setup    only make the environment
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed (3.11 recommended)"'
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed" want
+  want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -r requirements.txt
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    echo "$want" > "$stamp"
+  fi
+  export PATH="$PWD/$VENV/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  book)
+    setup
+    python -m transformer_course.notebooks book
+    ;;
+  test)
+    setup
+    shift
+    python -m pytest "$@"
+    ;;
+  sync)
+    setup
+    shift
+    python -m transformer_course.notebooks sync "$@"
+    ;;
+  *)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,127 @@
+"""Checks that teach: compare a learner's function with an oracle and say what is wrong.
+
+Every exercise in the course has a ``check_<name>(fn)`` in ``transformer_course.checks.<topic>``.
+A check calls the learner's ``fn`` on ordinary and awkward inputs, compares with an independent
+oracle (PyTorch's own function where one exists, or an exact mathematical property), and either
+prints one line of praise or raises :class:`CheckFailed` with a message in the learner's terms:
+
+    CheckFailed: scaled_dot_product_attention: rows of your attention weights sum to 1.37, expected 1
+
+The helpers below are the vocabulary the topic modules are written in.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A check found a mistake. Its message is meant for the learner, so no traceback is shown."""
+
+    def _render_traceback_(self):  # IPython calls this instead of printing the traceback
+        return [f"\x1b[31mCheckFailed\x1b[0m: {self}"]
+
+
+class NotImplementedYet(CheckFailed):
+    """The learner's function still raises NotImplementedError."""
+
+
+def fail(msg: str):
+    raise CheckFailed(msg)
+
+
+def name_of(fn: Callable) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def describe(x: Any) -> str:
+    """A short description of an argument, for messages: tensors by shape and dtype."""
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')})"
+    if isinstance(x, str):
+        return repr(x if len(x) <= 30 else x[:27] + "...")
+    if isinstance(x, (list, tuple)) and len(x) > 6:
+        return f"{type(x).__name__} of length {len(x)}"
+    return repr(x)
+
+
+def call(fn: Callable, *args, **kwargs):
+    """Call the learner's function, turning 'not done yet' and crashes into a clear message."""
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise NotImplementedYet(
+            f"{name_of(fn)} is not implemented yet: replace `raise NotImplementedError()` "
+            "with your code, then run this check again."
+        ) from None
+    except CheckFailed:
+        raise
+    except Exception as e:  # the learner's bug, reported with the inputs that triggered it
+        shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
+        raise CheckFailed(
+            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}"
+        ) from e
+
+
+def expect_tensor(got: Any, what: str) -> torch.Tensor:
+    if not isinstance(got, torch.Tensor):
+        fail(f"{what} should be a torch.Tensor, got {type(got).__name__}")
+    return got
+
+
+def expect_shape(got: torch.Tensor, shape, what: str) -> None:
+    expect_tensor(got, what)
+    if tuple(got.shape) != tuple(shape):
+        fail(f"{what} has shape {list(got.shape)}, expected {list(shape)}")
+
+
+def expect_dtype(got: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    if got.dtype != dtype:
+        fail(f"{what} has dtype {got.dtype}, expected {dtype}")
+
+
+def expect_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-5,
+                 rtol: float = 1e-4, hint: str = "") -> None:
+    """Shape, then values; on a mismatch, say where and by how much."""
+    expect_shape(got, want.shape, what)
+    got_f, want_f = got.detach().double().cpu(), want.detach().double().cpu()
+    if torch.isnan(got_f).any() and not torch.isnan(want_f).any():
+        where = tuple(torch.nonzero(torch.isnan(got_f))[0].tolist())
+        fail(f"{what} contains NaN (first at index {list(where)}), expected finite values"
+             + (f". {hint}" if hint else ""))
+    err = (got_f - want_f).abs().nan_to_num(0.0)
+    bad = err > atol + rtol * want_f.abs().nan_to_num(0.0)
+    if bad.any():
+        idx = tuple(torch.nonzero(bad)[0].tolist())
+        fail(
+            f"{what} differs from the expected values: at index {list(idx)} you have "
+            f"{got_f[idx].item():.6g}, expected {want_f[idx].item():.6g} "
+            f"(largest difference {err.max().item():.3g}, in {int(bad.sum())} of {bad.numel()} entries)"
+            + (f". {hint}" if hint else "")
+        )
+
+
+def expect_equal(got: Any, want: Any, what: str, hint: str = "") -> None:
+    if got != want:
+        fail(f"{what} is {got!r}, expected {want!r}" + (f". {hint}" if hint else ""))
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run a block with a fixed torch seed without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def passed(fn: Callable, n_cases: int) -> None:
+    print(f"\u2713 {name_of(fn)} passed {n_cases} checks")
+
+
+def approx(x: float, digits: int = 4) -> str:
+    """Round for messages so they read well and are stable."""
+    return f"{x:.{digits}g}" if math.isfinite(x) else str(x)

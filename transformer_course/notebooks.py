@@ -1,0 +1,316 @@
+"""The course's notebook tooling: one source (solutions/), everything else generated from it.
+
+    python -m transformer_course.notebooks sync [NB ...]     normalize solutions, write exports and chapters/
+    python -m transformer_course.notebooks check             list drift (what sync would change); exit 1 if any
+    python -m transformer_course.notebooks execute NB ...    run solution notebooks in place, storing outputs
+    python -m transformer_course.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
+    python -m transformer_course.notebooks book              build the reader edition into _build/html
+
+Conventions in a solution notebook (see CONTRIBUTING.md):
+- a code cell whose first line is ``#| export <module>`` is copied into transformer_course/<module>.py
+  (solution markers dropped), in notebook order; each module belongs to exactly one notebook;
+- solution cells carry ``nbgrader`` metadata ``{"grade_id": ..., "solution": true}`` and their
+  answer between ``### BEGIN SOLUTION`` / ``### END SOLUTION``;
+- graded check cells carry ``{"grade_id": ..., "points": N}``, hidden tests between
+  ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``;
+- the rest of nbgrader's metadata is filled in by ``sync``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS, CHAPTERS, PACKAGE, BUILD = ROOT / "solutions", ROOT / "chapters", ROOT / "transformer_course", ROOT / "_build"
+NB_VERSION = 4
+
+EXPORT_RE = re.compile(r"^#\|\s*export\s+([A-Za-z_]\w*)\s*$")
+SOLUTION_LINE = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[ \t]*\n?", re.M | re.S)
+GENERATED = '"""Generated from solutions/{nb} by `bash tasks.sh sync`: edit the notebook, not this file."""\n'
+
+
+def solution_notebooks() -> list[Path]:
+    return sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=NB_VERSION)
+
+
+def dumps(nb) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def resolve(names) -> list[Path]:
+    """Notebook arguments may be paths or stems ('03_attention'); none means all."""
+    if not names:
+        return solution_notebooks()
+    out = []
+    for n in names:
+        p = Path(n)
+        p = p if p.suffix == ".ipynb" and p.exists() else SOLUTIONS / (p.stem + ".ipynb")
+        if not p.exists():
+            sys.exit(f"no such solution notebook: {n}")
+        out.append(p.resolve())
+    return out
+
+
+# --- nbgrader metadata -------------------------------------------------------------------------
+
+def normalize(nb, where: str = "") -> list[str]:
+    """Complete the nbgrader metadata in place; return the problems found."""
+    problems, seen = [], set()
+    for i, cell in enumerate(nb.cells):
+        src, meta = cell.source, cell.metadata.get("nbgrader")
+        has_solution = "### BEGIN SOLUTION" in src
+        has_hidden = "### BEGIN HIDDEN TESTS" in src
+        if meta is None:
+            if has_solution or has_hidden:
+                problems.append(f"{where} cell {i}: has solution or hidden-test markers but no nbgrader metadata")
+            continue
+        gid = meta.get("grade_id")
+        if not gid:
+            problems.append(f"{where} cell {i}: nbgrader metadata without a grade_id")
+            continue
+        if gid in seen:
+            problems.append(f"{where} cell {i}: duplicate grade_id {gid!r}")
+        seen.add(gid)
+        if meta.get("solution"):
+            full = {"grade": False, "grade_id": gid, "locked": False, "schema_version": 3,
+                    "solution": True, "task": False}
+            if not has_solution:
+                problems.append(f"{where} cell {i} ({gid}): solution cell without ### BEGIN SOLUTION")
+        elif "points" in meta:
+            full = {"grade": True, "grade_id": gid, "locked": True, "points": meta["points"],
+                    "schema_version": 3, "solution": False, "task": False}
+            if has_solution:
+                problems.append(f"{where} cell {i} ({gid}): a graded check cell must not hold a solution")
+        else:
+            problems.append(f"{where} cell {i} ({gid}): nbgrader metadata is neither solution nor points")
+            continue
+        if has_hidden and not full["grade"]:
+            problems.append(f"{where} cell {i} ({gid}): hidden tests outside a graded cell")
+        for k in ("checksum", "cell_type"):  # nbgrader adds these to generated copies only
+            meta.pop(k, None)
+        if meta != full:
+            cell.metadata["nbgrader"] = full
+    return problems
+
+
+# --- exports to the package --------------------------------------------------------------------
+
+def exported_source(cell) -> str:
+    lines = cell.source.splitlines()[1:]
+    return "\n".join(l for l in lines if not SOLUTION_LINE.match(l)).strip("\n") + "\n"
+
+
+def exports(paths) -> dict[str, str]:
+    """Module name -> generated text, from every `#| export` cell of the given notebooks."""
+    owner, parts = {}, {}
+    for path in paths:
+        for cell in read(path).cells:
+            m = cell.cell_type == "code" and EXPORT_RE.match(cell.source.split("\n", 1)[0])
+            if not m:
+                continue
+            mod = m.group(1)
+            if owner.setdefault(mod, path.name) != path.name:
+                raise SystemExit(f"module {mod} is exported from both {owner[mod]} and {path.name}")
+            if "### BEGIN HIDDEN TESTS" in cell.source:
+                raise SystemExit(f"{path.name}: an export cell holds hidden tests")
+            parts.setdefault(mod, []).append(exported_source(cell))
+    return {mod: GENERATED.format(nb=owner[mod]) + "\n" + "\n\n".join(chunks) for mod, chunks in parts.items()}
+
+
+def owned_modules() -> dict[str, str]:
+    """Package modules that claim to be generated, by the notebook they name."""
+    out = {}
+    for f in PACKAGE.glob("*.py"):
+        m = re.match(r'"""Generated from solutions/(\S+) by', f.read_text())
+        if m:
+            out[f.stem] = m.group(1)
+    return out
+
+
+# --- the student edition (nbgrader) ------------------------------------------------------------
+
+def student_editions(paths) -> dict[str, str]:
+    """File name -> text of the student notebook nbgrader generates (no outputs, no solutions)."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Config()
+        cfg.CourseDirectory.root = tmp
+        cfg.CourseDirectory.db_url = f"sqlite:///{tmp}/gradebook.db"
+        cfg.GenerateAssignment.force = True
+        api = NbGraderAPI(config=cfg)
+        for path in paths:
+            src = Path(tmp, "source", path.stem)
+            src.mkdir(parents=True)
+            shutil.copy(path, src / path.name)
+            result = api.generate_assignment(path.stem)
+            if not result["success"]:
+                raise SystemExit(f"nbgrader could not generate {path.name}:\n{result['log']}\n{result.get('error', '')}")
+            nb = read(Path(tmp, "release", path.stem, path.name))
+            out[path.name] = dumps(nb)
+    return out
+
+
+# --- the reader edition (the book) -------------------------------------------------------------
+
+def reader_edition(nb):
+    """Outputs kept, solutions shown but collapsed, hidden tests and Colab setup removed."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if cell.cell_type != "code":
+            continue
+        if "colab-setup" in tags:
+            tags.append("remove-cell")
+        cell.source = HIDDEN_BLOCK.sub("", cell.source).rstrip("\n")
+        if "### BEGIN SOLUTION" in cell.source:
+            cell.source = "\n".join(l for l in cell.source.splitlines() if not SOLUTION_LINE.match(l))
+            tags.append("hide-input")
+        if not tags:
+            del cell.metadata["tags"]
+    return nb
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+def planned(paths) -> dict[Path, str]:
+    """Every generated file, with the text it should have."""
+    want = {}
+    for path in paths:
+        nb = read(path)
+        problems = normalize(nb, path.name)
+        if problems:
+            raise SystemExit("\n".join(problems))
+        want[path] = dumps(nb)
+    for mod, text in exports(paths).items():
+        want[PACKAGE / f"{mod}.py"] = text
+    for name, text in student_editions(paths).items():
+        want[CHAPTERS / name] = text
+    return want
+
+
+def sync(names=()):
+    paths = resolve(names)
+    for f, text in planned(paths).items():
+        if not f.exists() or f.read_text() != text:
+            f.write_text(text)
+            print(f"wrote {f.relative_to(ROOT)}")
+
+
+def drift() -> list[str]:
+    """What is out of date: each line names a generated file that differs from its source."""
+    paths = solution_notebooks()
+    want = planned(paths)
+    msgs = [f"{f.relative_to(ROOT)} is out of date: run `bash tasks.sh sync`"
+            for f, text in want.items() if not f.exists() or f.read_text() != text]
+    stems = {p.name for p in paths}
+    msgs += [f"chapters/{f.name} has no source in solutions/" for f in CHAPTERS.glob("*.ipynb") if f.name not in stems]
+    exported = {f.stem for f in want if f.parent == PACKAGE}
+    msgs += [f"transformer_course/{m}.py says it is generated from {nb}, which no longer exports it"
+             for m, nb in owned_modules().items() if m not in exported]
+    return msgs
+
+
+def execute(names, timeout: int = 600):
+    """Run solution notebooks top to bottom in a fresh kernel and store their outputs."""
+    from nbclient import NotebookClient
+
+    sync(names)  # a notebook may import what it exports (e.g. a function that spawned processes need)
+    for path in resolve(names):
+        nb = read(path)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        path.write_text(dumps(nb))
+        print(f"executed {path.relative_to(ROOT)}")
+
+
+def from_py(py: str, out: str):
+    """Convert a jupytext percent file to a solution notebook, keeping outputs of unchanged cells."""
+    import jupytext
+
+    nb = jupytext.read(py)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    target = Path(out)
+    if target.exists():  # carry outputs over where the source is unchanged
+        old = {c.source: c for c in read(target).cells if c.cell_type == "code"}
+        for c in nb.cells:
+            if c.cell_type == "code" and c.source in old:
+                c.outputs, c.execution_count = old[c.source].outputs, old[c.source].execution_count
+    for i, c in enumerate(nb.cells):  # stable, readable cell ids keep diffs small
+        c.id = f"cell-{i:03d}"
+        c.metadata.pop("lines_to_next_cell", None)
+    problems = normalize(nb, target.name)
+    if problems:
+        raise SystemExit("\n".join(problems))
+    target.write_text(dumps(nb))
+    print(f"wrote {target}")
+
+
+def stage_book(dest: Path) -> Path:
+    """The book's source tree: config, toc and front matter as they are, chapters as reader editions."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "book", dest / "book")
+    (dest / "chapters").mkdir()
+    for path in solution_notebooks():
+        # same relative path as the student edition, so launch buttons open chapters/<name>.ipynb
+        (dest / "chapters" / path.name).write_text(dumps(reader_edition(read(path))))
+    return dest
+
+
+def book() -> Path:
+    src = stage_book(BUILD / "src")
+    subprocess.run([sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(BUILD),
+                    "--warningiserror", "--keep-going"], check=True)
+    index = BUILD / "_build" / "html" / "index.html"
+    print(f"\nThe book is at {index}")
+    return index
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cmd, args = (argv[0], argv[1:]) if argv else ("help", [])
+    if cmd == "sync":
+        sync(args)
+    elif cmd == "check":
+        msgs = drift()
+        print("\n".join(msgs) or "everything generated is up to date")
+        sys.exit(1 if msgs else 0)
+    elif cmd == "execute":
+        execute(args)
+    elif cmd == "from-py" and len(args) == 2:
+        from_py(*args)
+    elif cmd == "book":
+        book()
+    else:
+        print(__doc__)
+        sys.exit(0 if cmd == "help" else 2)
+
+
+if __name__ == "__main__":
+    main()
