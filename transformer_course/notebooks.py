@@ -283,13 +283,14 @@ def stage_book(dest: Path) -> Path:
     return dest
 
 
-def book() -> Path:
-    src = stage_book(BUILD / "src")
-    subprocess.run([sys.executable, "-m", "jupyter_book", "build", str(src), "--path-output", str(BUILD),
-                    "--warningiserror", "--keep-going"], check=True)
-    index = BUILD / "_build" / "html" / "index.html"
-    print(f"\nThe book is at {index}")
-    return index
+def book(build: Path = BUILD) -> Path:
+    """Build the HTML book (warnings are errors) and return the path of its front page."""
+    src = stage_book(build / "src")
+    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(build),
+                    "--warningiserror", "--keep-going", "--quiet"], check=True)
+    html = build / "_build" / "html"
+    print(f"\nThe book is at {html / 'index.html'}")
+    return html
 
 
 def main(argv=None):

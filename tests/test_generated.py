@@ -1,0 +1,80 @@
+"""Everything generated from solutions/ is up to date, and each edition holds what it should."""
+
+import re
+
+import pytest
+import yaml
+
+from transformer_course.notebooks import (CHAPTERS, ROOT, drift, read, reader_edition,
+                                          solution_notebooks)
+
+NOTEBOOKS = solution_notebooks()
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def test_there_are_chapters():
+    assert [p.stem[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(len(NOTEBOOKS))]
+    assert len(NOTEBOOKS) >= 4
+
+
+def test_nothing_generated_has_drifted():
+    """Package exports and the student edition match solutions/ (else: `bash tasks.sh sync`)."""
+    assert drift() == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_edition_has_no_solutions_or_outputs(path):
+    nb = read(CHAPTERS / path.name)
+    text = "\n".join(c.source for c in nb.cells)
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+        assert marker not in text
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    stubs = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert stubs and all("raise NotImplementedError()" in c.source for c in stubs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solution_has_its_outputs_and_runs_clean(path):
+    """Solutions are committed executed (the book is built from their outputs), without errors."""
+    code = [c for c in read(path).cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "execute it: python -m transformer_course.notebooks execute"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors[0]["evalue"] if errors else ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_chapter_shape(path):
+    """Every chapter has the same sections, in the same order."""
+    want = ["Goal", "Build it", "Check it", "Experiment", "On the GPU", "Questions", "Exercises", "Summary"]
+    heads = [m for c in read(path).cells if c.cell_type == "markdown"
+             for m in re.findall(r"^## (.+?)\s*$", c.source, re.M)]
+    found = [h for h in heads if h in want]
+    assert found == want, f"sections found: {heads}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_each_exercise_is_followed_by_a_graded_check(path):
+    cells = read(path).cells
+    for i, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            later = [c.metadata.get("nbgrader", {}) for c in cells[i + 1:]]
+            graded = [m for m in later if m.get("grade")]
+            assert graded and graded[0]["grade_id"] == f"check_{meta['grade_id']}", \
+                f"{meta['grade_id']}: the next graded cell should be check_{meta['grade_id']}"
+
+
+def test_colab_cells_install_from_the_repository():
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    for path in NOTEBOOKS:
+        setup = [c for c in read(path).cells if "colab-setup" in c.metadata.get("tags", [])]
+        assert len(setup) == 1 and url in setup[0].source, f"{path.name}: colab-setup cell must install from {url}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_reader_edition_hides_solutions_and_drops_hidden_tests(path):
+    nb = reader_edition(read(path))
+    text = "\n".join(c.source for c in nb.cells)
+    assert "HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text
+    solved = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert solved and all("hide-input" in c.metadata["tags"] for c in solved)
