@@ -229,8 +229,11 @@ def drift() -> list[str]:
 
 def execute(names, timeout: int = 600):
     """Run solution notebooks top to bottom in a fresh kernel and store their outputs."""
+    import os
+
     from nbclient import NotebookClient
 
+    os.environ["PYTHONHASHSEED"] = "0"  # as under `bash tasks.sh test`, so stored outputs reproduce
     sync(names)  # a notebook may import what it exports (e.g. a function that spawned processes need)
     for path in resolve(names):
         nb = read(path)
