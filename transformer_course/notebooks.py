@@ -71,6 +71,7 @@ def normalize(nb, where: str = "") -> list[str]:
     """Complete the nbgrader metadata in place; return the problems found."""
     problems, seen = [], set()
     for i, cell in enumerate(nb.cells):
+        cell.metadata.pop("execution", None)  # run timestamps: noise in diffs and in the editions
         src, meta = cell.source, cell.metadata.get("nbgrader")
         has_solution = "### BEGIN SOLUTION" in src
         has_hidden = "### BEGIN HIDDEN TESTS" in src
@@ -240,7 +241,7 @@ def execute(names, timeout: int = 600):
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         path.write_text(dumps(nb))
         print(f"executed {path.relative_to(ROOT)}")
