@@ -2,9 +2,11 @@
 
 import os
 import random
+import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def pick_device(verbose: bool = True) -> torch.device:
@@ -36,3 +38,149 @@ def load_triton():
     except ImportError:
         return None
     return triton
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes of memory the elements of t take: numel × element size (exact, no allocator rounding)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
+    return t.numel() * t.element_size()
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.50 KiB': binary units, as memory is sized."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+
+
+def matmul_flops(m: int, n: int, k: int) -> int:
+    """Floating-point operations of [m, k] @ [k, n]: a multiply and an add per term of each dot product."""
+    return 2 * m * n * k
+
+
+def synchronize(device) -> None:
+    """Wait until every queued kernel on device has finished (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, *args, warmup: int = 2, repeats: int = 5, device=None) -> float:
+    """Median wall-clock seconds of fn(*args), after warm-up calls, synchronizing the device."""
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for _ in range(warmup):
+        fn(*args)
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_gflops(n: int, dtype=torch.float32, device=None, repeats: int = 5) -> float:
+    """Measured GFLOP/s of an [n, n] @ [n, n] matmul in dtype on device."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_fn(torch.matmul, a, b, repeats=repeats, device=device)
+    return matmul_flops(n, n, n) / seconds / 1e9
+
+
+triton = load_triton()
+if triton is not None:
+    import triton.language as tl
+
+
+if triton is not None:
+    @triton.jit
+    def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        """One program: out[i] = x[i] + y[i] for the BLOCK indices i of block number program_id(0)."""
+        pid = tl.program_id(0)
+        offsets = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n  # the last block runs past the end: switch those lanes off
+        x = tl.load(x_ptr + offsets, mask=mask)
+        y = tl.load(y_ptr + offsets, mask=mask)
+        tl.store(out_ptr + offsets, x + y, mask=mask)
+
+
+def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """x + y computed by add_kernel: ceil(n / block) programs of `block` elements each."""
+    if triton is None:
+        raise RuntimeError("Triton is not available on this machine (it needs Linux)")
+    if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
+        raise ValueError(f"x and y must match, got {tuple(x.shape)} {x.dtype} on {x.device} "
+                         f"and {tuple(y.shape)} {y.dtype} on {y.device}")
+    if not (x.is_contiguous() and y.is_contiguous()):
+        raise ValueError("x and y must be contiguous: the kernel walks their memory in order")
+    out = torch.empty_like(x)
+    n = x.numel()
+    grid = (triton.cdiv(n, block),)
+    add_kernel[grid](x, y, out, n, BLOCK=block)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port nobody is listening on right now (the OS picks it when we bind to port 0)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def allreduce_worker(rank: int, world_size: int, port: int, results) -> None:
+    """Run by each spawned process: join the group, all_reduce a tensor, report what came back.
+
+    Rank r contributes [r + 1, r + 1, r + 1, r + 1]; after the sum every rank holds
+    1 + 2 + ... + world_size in every entry. Results go to `results` (a queue) as (rank, list).
+    """
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
+    if use_nccl:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if use_nccl else "gloo", rank=rank, world_size=world_size)
+    try:
+        t = torch.full((4,), float(rank + 1), device=f"cuda:{rank}" if use_nccl else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        results.put((rank, dist.get_backend(), t.cpu().tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_allreduce(world_size: int = 2) -> list:
+    """Spawn world_size processes running allreduce_worker; return their reports sorted by rank."""
+    import torch.multiprocessing as mp
+
+    import sys
+
+    results = mp.get_context("spawn").SimpleQueue()
+    # The children need nothing from the parent's __main__ (the worker lives in this module), so
+    # don't let them re-run it: in a notebook, Triton's interpreter copies its own __file__ into
+    # the kernels' globals, and a child would try to run that file as its main program.
+    main = sys.modules.get("__main__")
+    hidden = vars(main).pop("__file__", None) if main is not None else None
+    try:
+        mp.spawn(allreduce_worker, args=(world_size, free_port(), results), nprocs=world_size, join=True)
+    finally:
+        if hidden is not None:
+            main.__file__ = hidden
+    return sorted(results.get() for _ in range(world_size))
+
+
+def matmul_time_estimate(m: int, n: int, k: int, peak_flops: float) -> float:
+    """Seconds [m, k] @ [k, n] takes when the chip runs at peak_flops FLOP/s (a lower bound)."""
+    if peak_flops <= 0:
+        raise ValueError(f"peak_flops must be positive, got {peak_flops}")
+    return 2 * m * n * k / peak_flops
+
+
+def arithmetic_intensity(m: int, n: int, k: int, bytes_per_element: int) -> float:
+    """FLOPs per byte of [m, k] @ [k, n], reading A and B once and writing C once."""
+    return matmul_flops(m, n, k) / ((m * k + k * n + m * n) * bytes_per_element)
