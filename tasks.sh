@@ -25,7 +25,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
     echo "$want" > "$stamp"
   fi
-  export PATH="$PWD/$VENV/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
+  export PATH="$PWD/$VENV/bin:$PATH" PYTHONHASHSEED=0
 }
 
 case "${1:-}" in

@@ -144,8 +144,9 @@ def owned_modules() -> dict[str, str]:
 
 # --- the student edition (nbgrader) ------------------------------------------------------------
 
-def student_editions(paths) -> dict[str, str]:
-    """File name -> text of the student notebook nbgrader generates (no outputs, no solutions)."""
+def student_editions(sources: dict[str, str]) -> dict[str, str]:
+    """File name -> text of the student notebook nbgrader generates (no outputs, no solutions),
+    from solution notebooks given as file name -> text."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
@@ -156,15 +157,15 @@ def student_editions(paths) -> dict[str, str]:
         cfg.CourseDirectory.db_url = f"sqlite:///{tmp}/gradebook.db"
         cfg.GenerateAssignment.force = True
         api = NbGraderAPI(config=cfg)
-        for path in paths:
-            src = Path(tmp, "source", path.stem)
+        for name, text in sources.items():
+            stem = Path(name).stem
+            src = Path(tmp, "source", stem)
             src.mkdir(parents=True)
-            shutil.copy(path, src / path.name)
-            result = api.generate_assignment(path.stem)
+            (src / name).write_text(text)
+            result = api.generate_assignment(stem)
             if not result["success"]:
-                raise SystemExit(f"nbgrader could not generate {path.name}:\n{result['log']}\n{result.get('error', '')}")
-            nb = read(Path(tmp, "release", path.stem, path.name))
-            out[path.name] = dumps(nb)
+                raise SystemExit(f"nbgrader could not generate {name}:\n{result['log']}\n{result.get('error', '')}")
+            out[name] = dumps(read(Path(tmp, "release", stem, name)))
     return out
 
 
@@ -201,7 +202,7 @@ def planned(paths) -> dict[Path, str]:
         want[path] = dumps(nb)
     for mod, text in exports(paths).items():
         want[PACKAGE / f"{mod}.py"] = text
-    for name, text in student_editions(paths).items():
+    for name, text in student_editions({p.name: want[p] for p in paths}).items():
         want[CHAPTERS / name] = text
     return want
 
