@@ -246,6 +246,7 @@ def execute(names, timeout: int = 600):
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         path.write_text(dumps(nb))
         print(f"executed {path.relative_to(ROOT)}")
+    sync(names)  # the kernel fills in language_info, which the student edition carries too
 
 
 def from_py(py: str, out: str):
