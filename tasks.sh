@@ -20,9 +20,11 @@ setup() {
   local stamp="$VENV/.installed" want
   want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -r requirements.txt
-    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    echo "installing the pinned environment into $VENV (log: $VENV/install.log)"
+    { "$VENV/bin/python" -m pip install --upgrade pip &&
+      "$VENV/bin/python" -m pip install -r requirements.txt &&
+      "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e .
+    } > "$VENV/install.log" 2>&1 || { tail -n 40 "$VENV/install.log"; exit 1; }
     echo "$want" > "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH" PYTHONHASHSEED=0
