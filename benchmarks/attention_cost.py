@@ -17,35 +17,19 @@ implementation. Not run by the tests: timings depend on the machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import platform
 import socket
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common import RESULTS, write_csv
 from transformer_course.attention import causal_mask, scaled_dot_product_attention
+from transformer_course.machine import time_fn
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def seconds(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Median wall-clock seconds of fn() (synchronized on CUDA)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def peak_extra_mib(fn) -> float:
@@ -99,7 +83,7 @@ def main(argv=None):
                     continue
                 with torch.no_grad():
                     try:
-                        t = seconds(fn, device, repeats=args.repeats)
+                        t = time_fn(fn, repeats=args.repeats, device=device)
                         peak = f"{peak_extra_mib(fn):.1f}" if is_cuda else ""
                     except torch.OutOfMemoryError:
                         print(f"{device.type:4s} n={n:6d} {impl:10s} out of memory", flush=True)
@@ -123,11 +107,7 @@ def main(argv=None):
                 mx, my = statistics.mean(x for x, _ in pts), statistics.mean(y for _, y in pts)
                 slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
                 print(f"{device} {impl}: log-log slope of time vs N (N >= 512): {slope:.2f}")
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    write_csv(rows, out)
 
 
 if __name__ == "__main__":

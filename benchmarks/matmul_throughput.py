@@ -11,16 +11,15 @@ bf16 than in fp32; this script measures it. Results go to benchmarks/results/mat
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import re
 from pathlib import Path
 
 import torch
 
+from common import RESULTS, write_csv
 from transformer_course.machine import matmul_flops, time_fn
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(n: int, dtype: torch.dtype, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -60,11 +59,7 @@ def main(argv=None):
                              "torch": torch.__version__})
                 print(f"{device.type:4s} {dtype_name:9s} n={n:5d}  {1e3 * seconds:9.3f} ms  {gflops:9.1f} GFLOP/s",
                       flush=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    write_csv(rows, out)
 
 
 if __name__ == "__main__":
