@@ -4,7 +4,7 @@
     python -m transformer_course.notebooks check             list drift (what sync would change); exit 1 if any
     python -m transformer_course.notebooks execute NB ...    run solution notebooks in place, storing outputs
     python -m transformer_course.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
-    python -m transformer_course.notebooks book              build the reader edition into _build/html
+    python -m transformer_course.notebooks book              build the book (reader edition) into _build/html
 
 Conventions in a solution notebook (see CONTRIBUTING.md):
 - a code cell whose first line is ``#| export <module>`` is copied into transformer_course/<module>.py
@@ -30,7 +30,7 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-SOLUTIONS, CHAPTERS, PACKAGE, BUILD = ROOT / "solutions", ROOT / "chapters", ROOT / "transformer_course", ROOT / "_build"
+SOLUTIONS, CHAPTERS, PACKAGE = ROOT / "solutions", ROOT / "chapters", ROOT / "transformer_course"
 NB_VERSION = 4
 
 EXPORT_RE = re.compile(r"^#\|\s*export\s+([A-Za-z_]\w*)\s*$")
@@ -289,12 +289,12 @@ def stage_book(dest: Path) -> Path:
     return dest
 
 
-def book(build: Path = BUILD) -> Path:
-    """Build the HTML book (warnings are errors) and return the path of its front page."""
-    src = stage_book(build / "src")
-    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(build),
+def book(root: Path = ROOT) -> Path:
+    """Build the HTML book into root/_build/html (warnings are errors) and return that folder."""
+    src = stage_book(root / "_build" / "src")
+    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(root),
                     "--warningiserror", "--keep-going", "--quiet"], check=True)
-    html = build / "_build" / "html"
+    html = root / "_build" / "html"
     print(f"\nThe book is at {html / 'index.html'}")
     return html
 
