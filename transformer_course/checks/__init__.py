@@ -118,7 +118,23 @@ def seeded(seed: int):
         yield
 
 
+_reported: set = set()
+
+
+def _cell() -> int | None:
+    """The number of the notebook cell running now (None outside IPython)."""
+    try:
+        return get_ipython().execution_count  # noqa: F821 (defined inside IPython)
+    except NameError:
+        return None
+
+
 def passed(fn: Callable, n_cases: int) -> None:
+    """Report success, once per function and cell: a grader's hidden tests rerun the check silently."""
+    key = (_cell(), name_of(fn))
+    if key[0] is not None and key in _reported:
+        return
+    _reported.add(key)
     print(f"\u2713 {name_of(fn)} passed {n_cases} checks")
 
 
