@@ -19,7 +19,6 @@ Conventions in a solution notebook (see CONTRIBUTING.md):
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 import subprocess

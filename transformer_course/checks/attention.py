@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import CheckFailed, approx, call, expect_close, expect_tensor, fail, name_of, passed, seeded
+from . import approx, call, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = [
     "check_scaled_dot_product_attention",
