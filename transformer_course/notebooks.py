@@ -35,6 +35,7 @@ NB_VERSION = 4
 EXPORT_RE = re.compile(r"^#\|\s*export\s+([A-Za-z_]\w*)\s*$")
 SOLUTION_LINE = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS[ \t]*\n?", re.M | re.S)
+WIDGET = "application/vnd.jupyter.widget-view+json"
 GENERATED = '"""Generated from solutions/{nb} by `bash tasks.sh sync`: edit the notebook, not this file."""\n'
 
 
@@ -69,6 +70,9 @@ def resolve(names) -> list[Path]:
 def normalize(nb, where: str = "") -> list[str]:
     """Complete the nbgrader metadata in place; return the problems found."""
     problems, seen = [], set()
+    # Saved widget state would make the book load widget JavaScript from a CDN (it must read
+    # offline) and bloat both editions; the live widget is rebuilt when a learner runs the cell.
+    nb.metadata.pop("widgets", None)
     for i, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)  # run timestamps: noise in diffs and in the editions
         src, meta = cell.source, cell.metadata.get("nbgrader")
@@ -179,6 +183,8 @@ def reader_edition(nb):
             continue
         if "colab-setup" in tags:
             tags.append("remove-cell")
+        # a live widget needs a kernel; the book shows the static figure drawn beside it instead
+        cell.outputs = [o for o in cell.outputs if WIDGET not in o.get("data", {})]
         cell.source = HIDDEN_BLOCK.sub("", cell.source).rstrip("\n")
         if "### BEGIN SOLUTION" in cell.source:
             cell.source = "\n".join(l for l in cell.source.splitlines() if not SOLUTION_LINE.match(l))
@@ -241,7 +247,7 @@ def execute(names, timeout: int = 600):
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False, store_widget_state=False,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         path.write_text(dumps(nb))
         print(f"executed {path.relative_to(ROOT)}")
