@@ -1,34 +1,60 @@
-"""Grade a folder of executed student notebooks into a CSV: a row per student, a column per exercise.
+"""Grade a class: a folder of student notebooks into a CSV (a row per student, a column per exercise)
+and per-student HTML feedback in the checks' own words.
 
-    python -m transformer_course.grade SUBMISSIONS [--out grades.csv] [--feedback DIR]
+    python -m transformer_course.grade SUBMISSIONS [--out grades.csv] [--feedback DIR] [-j N]
 
-SUBMISSIONS holds either nbgrader's layout, ``<student>/<chapter>/<chapter>.ipynb``, or a flat
-folder of ``<student>_<chapter>.ipynb`` files (chapter = a notebook stem such as ``03_attention``).
+SUBMISSIONS holds nbgrader's layout, ``<student>/<chapter>/<chapter>.ipynb`` (its ``submitted/``
+folder), or a flat folder of ``<student>_<chapter>.ipynb`` files (chapter = a notebook stem such
+as ``03_attention``).
 
-Under the hood this is nbgrader: the solutions become the assignments' source (so test cells a
-student deleted or edited are restored from it and hidden tests run), ``autograde`` executes each
-submission, and :class:`ExerciseCsvExporter` -- a small export plugin in the way nbgrader's docs
-describe, also usable as ``nbgrader export --exporter=transformer_course.grade.ExerciseCsvExporter`` --
-writes the CSV. A broken submission is graded as far as it goes and never stops the batch.
+How a submission is graded, and why it cannot spoil the batch:
+- nbgrader prepares each chapter (``generate_assignment``: the gradebook and the student edition);
+- every graded cell is put back as the instructor wrote it, hidden tests included, wherever the
+  student edited, moved or deleted it (:func:`restore_tests`);
+- the notebook runs in a fresh kernel of its own (nbclient) started by
+  :mod:`transformer_course.sandbox` -- memory limited, reading the solutions refused, the checks'
+  tools restored before each graded cell -- in a folder where the package's copy of the chapter's
+  own modules is the student edition's (so importing the solution gives a stub), with a time
+  limit per cell and per notebook; a cell that times out or a kernel that dies costs the
+  exercises it touches, and the reason goes in the feedback;
+- a graded cell earns its points when it raises nothing;
+- submissions run in parallel, one process each (-j), with a progress bar; the main process alone
+  writes nbgrader's gradebook (sqlite takes one writer), and :class:`ExerciseCsvExporter` -- also
+  usable as ``nbgrader export --exporter=transformer_course.grade.ExerciseCsvExporter`` -- writes
+  the CSV from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import copy
 import csv
+import html
+import json
+import multiprocessing
+import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import time
+import traceback
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import ExportPlugin
 
-from .notebooks import SOLUTIONS, solution_notebooks
+from .notebooks import HIDDEN_BLOCK, PACKAGE, ROOT, SOLUTIONS, exports
 
 CHECK_PREFIX = "check_"
+KERNEL = "transformer-course-grader"
+GiB = 2**30
 
 
 def find_submissions(folder: Path, chapters: list[str]) -> dict[tuple[str, str], Path]:
@@ -80,57 +106,550 @@ class ExerciseCsvExporter(ExportPlugin):
                 writer.writerow({k: (f"{v:g}" if isinstance(v, float) else v) for k, v in rows[student].items()})
 
 
-def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: Path | None = None,
-          timeout: int = 120, log=print) -> Path:
-    from nbgrader.apps import NbGraderAPI
-    from traitlets.config import Config
+# --- what grading needs to know, prepared once per chapter --------------------------------------
 
-    chapters = [p.stem for p in solution_notebooks()]
-    found = find_submissions(Path(submissions), chapters)
+@dataclass
+class Chapter:
+    name: str
+    source: Path                # the instructor's notebook: solutions and hidden tests
+    release: Path               # the student edition nbgrader generated from it
+    package: Path               # put first on the kernel's path: the course package, own modules stubbed
+    solutions: dict[str, str]   # module the chapter exports -> its file in the course package (off limits)
+
+
+@dataclass
+class Settings:
+    work: Path                  # nbgrader's course directory, and the grader's files under grader/
+    timeout: int = 120          # seconds per cell
+    notebook_timeout: int = 900 # seconds per notebook
+    memory: int = 4 * GiB       # bytes of data one kernel may allocate (0: no limit)
+    threads: int = 1            # torch threads per kernel
+    forbidden: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Exercise:
+    name: str
+    grade_id: str
+    points: float
+    score: float = 0.0
+    message: str = ""           # the check's own words, or why it did not run
+    notes: list[str] = field(default_factory=list)
+    code: str = ""              # the student's cell for it
+    output: str = ""            # what the check printed
+
+
+@dataclass
+class Result:
+    student: str
+    chapter: str
+    exercises: list[Exercise]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(e.score for e in self.exercises)
+
+    @property
+    def max_score(self) -> float:
+        return sum(e.points for e in self.exercises)
+
+
+def is_graded(cell) -> bool:
+    return bool(cell.metadata.get("nbgrader", {}).get("grade"))
+
+
+def nbgrader_cells(nb) -> dict:
+    return {c.metadata.nbgrader.grade_id: c for c in nb.cells
+            if isinstance(c.metadata.get("nbgrader"), dict) and c.metadata.nbgrader.get("grade_id")}
+
+
+def prepare_chapter(name: str, source: Path, release: Path, grader: Path) -> Chapter:
+    """Copy the course package for the kernel, with the chapter's own modules as in the student edition."""
+    own = exports([source])
+    pkg = grader / "package" / name
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    shutil.copytree(PACKAGE, pkg / "transformer_course", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for mod, text in exports([release]).items():  # the same modules, stubs where the exercises are
+        (pkg / "transformer_course" / f"{mod}.py").write_text(text)
+    return Chapter(name, source, release, pkg, {f"transformer_course.{m}": str(PACKAGE / f"{m}.py") for m in own})
+
+
+def write_kernelspec(grader: Path) -> Path:
+    kernels = grader / "kernels"
+    spec = kernels / KERNEL
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "transformer_course.sandbox", "-f", "{connection_file}"],
+        "display_name": "transformer-course grader", "language": "python"}))
+    return kernels
+
+
+# --- a submission ---------------------------------------------------------------------------------
+
+class Invalid(Exception):
+    """The file is not a notebook we can grade."""
+
+
+def read_submission(path: Path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # schema quibbles (Colab metadata, say) do not stop grading
+            nb = nbformat.read(path, as_version=4)
+    except Exception as e:
+        raise Invalid(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()) from None
+    if not isinstance(nb.get("cells"), list) or not all(
+            isinstance(c, dict) and c.get("cell_type") in ("code", "markdown", "raw") and isinstance(c.get("source"), str)
+            for c in nb.cells):
+        raise Invalid("its JSON is not a Jupyter notebook (no list of cells)")
+    for c in nb.cells:
+        c.setdefault("metadata", nbformat.NotebookNode())
+    return nb
+
+
+def restore_tests(nb, source, release) -> dict[str, list[str]]:
+    """Put every graded cell back as the instructor wrote it (hidden tests included), wherever the
+    student edited, moved or deleted it, and give nbgrader cells their source metadata. Like
+    nbgrader's OverwriteCells(add_missing_cells=True), without failing when a solution cell is gone.
+    Returns notes by grade_id."""
+    src, rel = nbgrader_cells(source), nbgrader_cells(release)
+    order = list(src)
+    notes: dict[str, list[str]] = {}
+    cells, seen = [], set()
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader")
+        gid = meta.get("grade_id") if isinstance(meta, dict) else None
+        if meta is not None and (gid not in src or gid in seen):
+            del cell.metadata["nbgrader"]  # a student cannot add graded cells, nor copy them
+            if gid in src and is_graded(src[gid]):
+                notes.setdefault(gid, []).append("your notebook had a second copy of this check cell; it was ignored")
+            cells.append(cell)
+            continue
+        if gid is None:
+            cells.append(cell)
+            continue
+        seen.add(gid)
+        want = src[gid]
+        if is_graded(want):
+            if cell.cell_type != "code" or cell.source.strip() not in (rel[gid].source.strip(), want.source.strip()):
+                notes.setdefault(gid, []).append(
+                    "you changed this check cell; it was graded as the course wrote it")
+            if meta.get("points") != want.metadata.nbgrader.get("points"):
+                notes.setdefault(gid, []).append(
+                    f"the points of this check were changed to {meta.get('points')!r}; it is worth "
+                    f"{want.metadata.nbgrader['points']:g}")
+            cell = nbformat.v4.new_code_cell(want.source, metadata=copy.deepcopy(want.metadata))
+        else:
+            cell.metadata["nbgrader"] = copy.deepcopy(want.metadata.nbgrader)
+        cells.append(cell)
+    for i, gid in enumerate(order):  # graded cells the student deleted, placed after their predecessor
+        if gid in seen or not is_graded(src[gid]):
+            continue
+        at = len(cells)
+        for prev in reversed(order[:i]):
+            where = [j for j, c in enumerate(cells) if c.metadata.get("nbgrader", {}).get("grade_id") == prev]
+            if where:
+                at = where[0] + 1
+                break
+        cells.insert(at, nbformat.v4.new_code_cell(src[gid].source, metadata=copy.deepcopy(src[gid].metadata)))
+        seen.add(gid)
+        notes.setdefault(gid, []).append("this check cell was missing from your notebook; the grader put it back")
+    for cell in cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.cells = cells
+    return notes
+
+
+def error_output(ename: str, evalue: str):
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+def cell_label(nb, i: int) -> str:
+    first = next((l.strip() for l in nb.cells[i].source.splitlines() if l.strip()), "")
+    return f"cell {i + 1} ({first[:50] + ('...' if len(first) > 50 else '')})"
+
+
+def _signal_name(code) -> str:
+    if code is None or code >= 0:
+        return f"exit code {code}" if code is not None else "no exit code"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+async def run_notebook(nb, env: dict, cwd: Path, kernels: Path, log_file, s: Settings) -> list[tuple[int | None, str]]:
+    """Execute the code cells in order with nbclient, in the grading kernel; never raises for what the
+    notebook does. Cells that could not run get an error output saying why. Returns notes as
+    (cell index or None, text)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+    from nbclient.util import ensure_async
+
+    class Client(NotebookClient):
+        """Outputs beyond a cap are dropped (errors never): a cell printing forever must not fill our memory."""
+        cap = 2_000_000
+
+        def output(self, outs, msg, display_id, cell_index):
+            size = self.sizes.get(cell_index, 0) + len(str(msg["content"]))
+            self.sizes[cell_index] = size
+            if size > self.cap and msg["msg_type"] != "error":
+                if size - len(str(msg["content"])) <= self.cap:
+                    outs.append(nbformat.v4.new_output("stream", name="stdout",
+                                                       text="\n[output cut here by the grader]\n"))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+    replies = {}
+    km = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels)]))
+    client = Client(nb, km=km, allow_errors=True, interrupt_on_timeout=True, shutdown_kernel="immediate",
+                    error_on_timeout={"ename": "TimeLimit", "evalue": "", "traceback": []}, record_timing=False,
+                    startup_timeout=120, iopub_timeout=3,
+                    on_cell_executed=lambda cell, cell_index, execute_reply: replies.__setitem__(cell_index, execute_reply))
+    client.sizes = {}
+    notes: list[tuple[int | None, str]] = []
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    deadline = time.monotonic() + s.notebook_timeout
+
+    def not_run(after: int, why: str):
+        for j in code:
+            if j > after:
+                nb.cells[j].outputs = [error_output("NotRun", why)]
+
+    try:
+        async with client.async_setup_kernel(cleanup_kc=True, cwd=str(cwd), env=env, stdout=log_file, stderr=log_file):
+            for i in code:
+                left = deadline - time.monotonic()
+                if left < 1:
+                    notes.append((None, f"the notebook used up its {s.notebook_timeout} s; the cells from "
+                                        f"{cell_label(nb, i)} on were not run"))
+                    not_run(i - 1, f"not run: the notebook used up its {s.notebook_timeout} s")
+                    break
+                limit = int(min(s.timeout, left))
+                client.timeout = limit
+                try:
+                    await client.async_execute_cell(nb.cells[i], i)
+                except DeadKernelError:
+                    code_ = None
+                    for _ in range(20):  # the process may take a moment to be reaped
+                        code_ = km.provisioner.process.poll() if km.provisioner and km.provisioner.process else None
+                        if code_ is not None:
+                            break
+                        await asyncio.sleep(0.1)
+                    how = _signal_name(code_)
+                    hint = " (out of memory?)" if how == "SIGKILL" else ""
+                    nb.cells[i].outputs.append(error_output("KernelDied", f"the kernel died running this cell: {how}{hint}"))
+                    notes.append((i, f"the kernel died running {cell_label(nb, i)}: {how}{hint}; "
+                                     "the cells after it were not run"))
+                    not_run(i, f"not run: the kernel died in {cell_label(nb, i)}")
+                    break
+                reply = replies.get(i, {}).get("content", {})
+                if reply.get("ename") == "TimeLimit":  # nbclient interrupted the kernel
+                    nb.cells[i].outputs.append(error_output(
+                        "TimeLimit", f"this cell ran for more than {limit} s, the grader's limit, and was stopped"))
+                    notes.append((i, f"{cell_label(nb, i)} ran past the {limit} s limit and was stopped"))
+                    # does the kernel answer again? (a loop that swallows KeyboardInterrupt does not)
+                    client.timeout = 5
+                    msg_id = await ensure_async(client.kc.execute("", store_history=False))
+                    try:
+                        answered = await client.async_wait_for_reply(msg_id) is not None
+                    except DeadKernelError:
+                        answered = False
+                    if not answered:
+                        notes.append((i, "the kernel did not stop when interrupted; the cells after it were not run"))
+                        not_run(i, f"not run: the kernel was stuck in {cell_label(nb, i)}")
+                        break
+    except Exception as e:  # the kernel could not start, say: our problem, reported, the batch goes on
+        notes.append((None, f"the grader could not run this notebook: {type(e).__name__}: {e}"))
+        for j in code:
+            if nb.cells[j].execution_count is None and not nb.cells[j].outputs:
+                nb.cells[j].outputs = [error_output("NotRun", "not run: the grader could not run the notebook")]
+    finally:  # never leave a kernel behind: in a long batch they would pile up and fill the memory
+        try:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+    return notes
+
+
+def _error(cell):
+    return next((o for o in cell.get("outputs", []) if o.output_type == "error"), None)
+
+
+def _stdout(cell) -> str:
+    return "".join(o.text for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stdout")
+
+
+GRADER_ERRORS = ("NotRun", "TimeLimit", "KernelDied", "KeyboardInterrupt")  # reported as notes instead
+
+
+def _message(err) -> str:
+    """A check's failure in its own words; any other error with its type."""
+    if err.ename in ("CheckFailed", "NotImplementedYet", *GRADER_ERRORS):
+        return err.evalue
+    return f"{err.ename}: {err.evalue}".strip()
+
+
+MEMORY = re.compile(r"MemoryError|can't allocate memory|out of memory", re.I)
+
+
+def score(nb, source, restore_notes: dict, events: list[dict], run_notes, s: Settings):
+    """Per exercise: points when its graded cell raised nothing, the message, and the notes that concern it
+    (those of the cells since the previous graded cell). Returns (exercises, notes about the whole notebook)."""
+    by_count = {c.execution_count: i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count}
+    cell_notes: dict[int | None, list[str]] = {}
+    for i, text in run_notes:
+        cell_notes.setdefault(i, []).append(text)
+    grouped: dict[tuple, list[str]] = {}
+    for e in events:  # several events of a kind in one cell make one note
+        details = grouped.setdefault((by_count.get(e.get("cell")), e["kind"]), [])
+        if e["detail"] not in details:
+            details.append(e["detail"])
+    for (i, kind), details in grouped.items():
+        where = f" ({cell_label(nb, i)})" if i is not None else ""
+        if kind == "blocked":
+            cell_notes.setdefault(i, []).append(f"the grader refused to let your notebook read or run "
+                                                f"{', '.join(details)}{where}")
+        elif kind == "restored":
+            cell_notes.setdefault(i, []).append(f"your notebook had replaced {', '.join(details)}; the grader "
+                                                f"put back the originals before checking")
+    limit = f" (a notebook may use {s.memory / GiB:g} GiB)" if s.memory else ""
+    for i, c in enumerate(nb.cells):
+        err = _error(c)
+        if err is not None and MEMORY.search(f"{err.ename} {err.evalue}") and i not in cell_notes:
+            cell_notes[i] = [f"{cell_label(nb, i)} ran out of memory{limit}: {_message(err)}"]
+
+    solutions = {c.metadata.nbgrader.grade_id: i for i, c in enumerate(nb.cells)
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    points = {gid: float(c.metadata.nbgrader.points) for gid, c in nbgrader_cells(source).items() if is_graded(c)}
+    exercises, start = [], 0
+    for i in [i for i, c in enumerate(nb.cells) if is_graded(c)]:
+        cell = nb.cells[i]
+        gid = cell.metadata.nbgrader.grade_id
+        name = exercise_name(gid)
+        ex = Exercise(name, gid, points[gid], output=_stdout(cell))
+        err = _error(cell)
+        if cell.execution_count is None and err is None:
+            err = error_output("NotRun", "not run")
+        ex.score = 0.0 if err is not None else ex.points
+        ex.message = _message(err) if err is not None else next(
+            (l for l in ex.output.splitlines() if l.strip()), "passed")
+        ex.notes += restore_notes.get(gid, [])
+        j = solutions.get(name)
+        if j is not None:
+            ex.code = nb.cells[j].source
+            serr = _error(nb.cells[j])
+            if err is not None and serr is not None and j not in cell_notes and serr.ename not in GRADER_ERRORS:
+                ex.notes.append(f"your cell for {name} raised {_message(serr)}")
+        if err is not None and "\u2713" in ex.output:
+            ex.notes.append("the check you could see passed; the hidden tests (the same check on other inputs) "
+                            "found the mistake above")
+        for k in range(start, i + 1):
+            ex.notes += [n for n in cell_notes.get(k, []) if n not in ex.notes]
+        exercises.append(ex)
+        start = i + 1
+    general = cell_notes.get(None, []) + [n for k in range(start, len(nb.cells)) for n in cell_notes.get(k, [])]
+    return exercises, general
+
+
+def grade_submission(student: str, chapter: Chapter, path: Path, s: Settings, kernels: Path) -> Result:
+    """Grade one notebook; whatever happens, return a Result (the batch goes on)."""
+    t0 = time.monotonic()
+    source = nbformat.read(chapter.source, as_version=4)
+    zeros = [Exercise(exercise_name(gid), gid, float(c.metadata.nbgrader.points))
+             for gid, c in nbgrader_cells(source).items() if is_graded(c)]
+    try:
+        try:
+            nb = read_submission(path)
+        except Invalid as e:
+            for ex in zeros:
+                ex.message = "not graded: the file is not a valid notebook"
+            return Result(student, chapter.name, zeros, [f"{path.name} is not a valid notebook: {e}"],
+                          time.monotonic() - t0)
+        release = nbformat.read(chapter.release, as_version=4)
+        restore_notes = restore_tests(nb, source, release)
+
+        grader = s.work / "grader"
+        run = grader / "runs" / chapter.name / student
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        events_file = grader / "events" / chapter.name / f"{student}.jsonl"
+        events_file.parent.mkdir(parents=True, exist_ok=True)
+        events_file.write_text("")
+        exercises = {c.metadata.nbgrader.grade_id for c in source.cells
+                     if c.metadata.get("nbgrader", {}).get("solution")}
+        tests = {c.source: [x for x in exercises if re.search(rf"\b{re.escape(x)}\b", HIDDEN_BLOCK.sub("", c.source))]
+                 for c in nb.cells if is_graded(c)}
+        sandbox = {"memory": s.memory, "events": str(events_file), "tests": tests, "solutions": chapter.solutions,
+                   "forbidden": s.forbidden,
+                   "allowed": [sys.prefix, sys.base_prefix, sys.exec_prefix, str(run), str(chapter.package)]}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE", "TC_", "JPY_"))}
+        path = os.pathsep.join([str(chapter.package)] + [p for p in [env.get("PYTHONPATH")] if p])
+        env.update(PYTHONPATH=path, TC_SANDBOX=json.dumps(sandbox), PYTHONHASHSEED="0",
+                   OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads), MPLBACKEND="agg")
+        log_path = grader / "logs" / chapter.name / f"{student}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as log_file:
+            run_notes = asyncio.run(run_notebook(nb, env, run, kernels, log_file, s))
+        events = [json.loads(l) for l in events_file.read_text().splitlines() if l.strip()]
+        exs, general = score(nb, source, restore_notes, events, run_notes, s)
+        out = s.work / "autograded" / student / chapter.name / f"{chapter.name}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out)
+        shutil.rmtree(run, ignore_errors=True)
+        return Result(student, chapter.name, exs, general, time.monotonic() - t0)
+    except Exception as e:  # a bug of ours: say so, grade the rest
+        for ex in zeros:
+            ex.message = "not graded: the grader failed on this notebook"
+        return Result(student, chapter.name, zeros,
+                      [f"the grader failed on this notebook: {type(e).__name__}: {e}",
+                       traceback.format_exc()], time.monotonic() - t0)
+
+
+# --- feedback -------------------------------------------------------------------------------------
+
+STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left;
+vertical-align:top}.pass td:first-child::before{content:"\\2713  ";color:#197a1b}.fail td:first-child::before{
+content:"\\2717  ";color:#b3261e}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}
+.note{color:#8a5a00}"""
+
+
+def feedback_html(r: Result) -> str:
+    e = html.escape
+    rows = []
+    for x in r.exercises:
+        notes = "".join(f"<li class=note>{e(n)}</li>" for n in x.notes)
+        rows.append(f"<tr class={'pass' if x.score == x.points else 'fail'}><td>{e(x.name)}</td>"
+                    f"<td>{x.score:g} / {x.points:g}</td><td>{e(x.message)}"
+                    f"{'<ul>' + notes + '</ul>' if notes else ''}</td></tr>")
+    general = "".join(f"<li class=note>{e(n)}</li>" for n in r.notes if "Traceback" not in n)
+    code = "".join(f"<h3>{e(x.name)}</h3><pre>{e(x.code)}</pre>"
+                   + (f"<p>The check printed:</p><pre>{e(x.output)}</pre>" if x.output.strip() else "")
+                   for x in r.exercises if x.code)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{e(r.chapter)}: {e(r.student)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{e(r.chapter)}: {e(r.student)}</h1>"
+            f"<p><b>{r.score:g} of {r.max_score:g} points.</b> Each exercise earns its points when its check "
+            f"(and the hidden tests behind it, the same check on other inputs) raises nothing.</p>"
+            f"<table><tr><th>exercise</th><th>points</th><th>result</th></tr>{''.join(rows)}</table>"
+            + (f"<h2>About the whole notebook</h2><ul>{general}</ul>" if general else "")
+            + (f"<h2>Your code</h2>{code}" if code else "") + "</body></html>\n")
+
+
+# --- the batch -----------------------------------------------------------------------------------
+
+def _grade_task(args) -> Result:  # top level, so that worker processes can import it
+    return grade_submission(*args)
+
+
+def chapter_sources(source: Path) -> dict[str, Path]:
+    """Chapter -> instructor notebook, from <source>/<chapter>.ipynb or nbgrader's <source>/<chapter>/<chapter>.ipynb."""
+    found = {p.stem: p for p in source.glob("[0-9][0-9]_*.ipynb")}
+    found.update({p.stem: p for p in source.glob("*/*.ipynb") if p.parent.name == p.stem})
+    return dict(sorted(found.items()))
+
+
+def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: Path | None = None,
+          timeout: int = 120, jobs: int | None = None, memory: float = 4, notebook_timeout: int = 900,
+          source: Path | None = None, students: list[str] | None = None, log=print, progress: bool = True,
+          on_result=None) -> Path:
+    """Grade every notebook in `submissions`; write the CSV to `out` (and HTML to `feedback`); return `out`.
+    `on_result(result)` is called as each submission is done (the benchmark times them)."""
+    from nbgrader.apps import NbGraderAPI
+    from tqdm import tqdm
+    from traitlets.config import Config, PyFileConfigLoader
+
+    submissions, source = Path(submissions).resolve(), Path(source or SOLUTIONS).resolve()
+    sources = chapter_sources(source)
+    found = find_submissions(submissions, list(sources))
+    if students:
+        found = {k: v for k, v in found.items() if k[0] in students}
     if not found:
         raise SystemExit(f"no submissions found in {submissions} (expected <student>/<chapter>/<chapter>.ipynb "
-                         f"or <student>_<chapter>.ipynb, chapter one of {', '.join(chapters)})")
+                         f"or <student>_<chapter>.ipynb, chapter one of {', '.join(sources)})")
     tmp = None
     if workdir is None:
-        tmp = tempfile.TemporaryDirectory()
+        tmp = tempfile.TemporaryDirectory(prefix="grading-")
         workdir = Path(tmp.name)
     root = Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     cfg = Config()
+    if (root / "nbgrader_config.py").exists():  # an nbgrader course directory: its course_id, gradebook, ...
+        cfg.merge(PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config())
     cfg.CourseDirectory.root = str(root)
-    cfg.CourseDirectory.db_url = f"sqlite:///{root}/gradebook.db"
-    cfg.Execute.timeout = timeout  # per cell: a submission that loops forever is stopped and graded
-    cfg.Execute.allow_errors = True
+    if "db_url" not in cfg.CourseDirectory:
+        cfg.CourseDirectory.db_url = f"sqlite:///{root}/gradebook.db"
+    cfg.GenerateAssignment.force = True  # regrading after a fix regenerates the release
     api = NbGraderAPI(config=cfg)
+    db_url, course_id = api.coursedir.db_url, api.coursedir.course_id
     warnings.filterwarnings("ignore", module="nbgrader")  # SQLAlchemy session chatter
 
-    for chapter in sorted({c for _, c in found}):
-        src = root / "source" / chapter
+    jobs = jobs or os.cpu_count() or 1
+    # What a submission may not read: the solutions (the checkout, the package's own copy), the
+    # other submissions, the grader's files. Its own run folder and package copy are let through.
+    forbidden = [PACKAGE, source, submissions, root] + ([ROOT] if (ROOT / "solutions").is_dir() else [])
+    s = Settings(work=root, timeout=timeout, notebook_timeout=notebook_timeout, memory=int(memory * GiB),
+                 forbidden=[str(p) for p in forbidden])
+    kernels = write_kernelspec(root / "grader")
+    chapters = {}
+    for name in sorted({c for _, c in found}):
+        src = root / "source" / name
         src.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SOLUTIONS / f"{chapter}.ipynb", src)
-        result = api.generate_assignment(chapter)
+        if sources[name].resolve() != (src / f"{name}.ipynb").resolve():  # --source may be the course's own
+            shutil.copy(sources[name], src / f"{name}.ipynb")
+        result = api.generate_assignment(name)
         if not result["success"]:
-            raise SystemExit(f"nbgrader could not prepare {chapter}:\n{result['log']}")
+            raise SystemExit(f"nbgrader could not prepare {name}:\n{result['log']}")
+        chapters[name] = prepare_chapter(name, src / f"{name}.ipynb",
+                                         root / "release" / name / f"{name}.ipynb", root / "grader")
 
-    for i, ((student, chapter), nb) in enumerate(sorted(found.items()), 1):
-        dest = root / "submitted" / student / chapter
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(nb, dest / f"{chapter}.ipynb")
-        result = api.autograde(chapter, student)
-        status = "graded" if result["success"] else "could not be graded (scored 0)"
-        log(f"[{i}/{len(found)}] {student} {chapter}: {status}")
-        if not result["success"]:  # the reason, without nbgrader's traceback
-            reasons = [l for l in result.get("log", "").splitlines() if "[AutogradeApp | ERROR]" in l]
-            log("  " + (reasons[0].split("ERROR]", 1)[1].strip() if reasons else "see nbgrader's log"))
-        if feedback and result["success"]:
-            fb = api.generate_feedback(chapter, student)
-            if fb["success"]:
-                target = Path(feedback) / student
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy(root / "feedback" / student / chapter / f"{chapter}.html", target / f"{chapter}.html")
+    tasks = [(student, chapters[chapter], nb, s, kernels) for (student, chapter), nb in sorted(found.items())]
+    jobs = min(jobs, len(tasks))
+    s.threads = max(1, (os.cpu_count() or 1) // jobs)  # torch threads per kernel: the cores, shared out
+    t0 = time.monotonic()
+    results = []
+    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress, dynamic_ncols=True)
+    def done(r: Result):
+        results.append(r)
+        bar.update()
+        if on_result is not None:
+            on_result(r)
 
-    with Gradebook(cfg.CourseDirectory.db_url) as gb:
+    if jobs == 1:
+        for t in tasks:
+            done(_grade_task(t))
+    else:  # spawned workers: no threads of ours forked into them
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for f in as_completed([pool.submit(_grade_task, t) for t in tasks]):
+                done(f.result())
+    bar.close()
+    elapsed = time.monotonic() - t0
+
+    with Gradebook(db_url, course_id) as gb:  # one writer: this process
+        for r in results:
+            gb.update_or_create_student(r.student)
+            gb.update_or_create_submission(r.chapter, r.student)
+            for x in r.exercises:
+                g = gb.find_grade(x.grade_id, r.chapter, r.chapter, r.student)
+                g.auto_score, g.needs_manual_grade = x.score, False
+        gb.db.commit()
         ExerciseCsvExporter(to=str(out)).export(gb)
-    log(f"wrote {out}")
+    if feedback:
+        for r in results:
+            target = Path(feedback) / r.student / f"{r.chapter}.html"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(feedback_html(r))
+    for r in sorted(results, key=lambda r: (r.chapter, r.student)):
+        for n in r.notes:
+            log(f"{r.student} {r.chapter}: {n}")
+    log(f"graded {len(results)} notebooks in {elapsed:.0f} s with {jobs} worker{'s' * (jobs > 1)}; wrote {out}")
     if tmp is not None:
         tmp.cleanup()
     return Path(out)
@@ -141,10 +660,19 @@ def main(argv=None):
     p.add_argument("submissions", type=Path, help="folder of student notebooks")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
     p.add_argument("--feedback", type=Path, help="also write per-student HTML feedback into this folder")
-    p.add_argument("--workdir", type=Path, help="keep nbgrader's course directory here (default: a temporary one)")
+    p.add_argument("-j", "--jobs", type=int, help="notebooks graded at once (default: one per CPU core)")
     p.add_argument("--timeout", type=int, default=120, help="seconds a single cell may run (default 120)")
+    p.add_argument("--notebook-timeout", type=int, default=900, help="seconds a whole notebook may run (default 900)")
+    p.add_argument("--memory", type=float, default=4, help="GiB of memory one notebook may use (default 4; 0: no limit)")
+    p.add_argument("--source", type=Path, help="instructor notebooks (default: the repository's solutions/; "
+                                                "an nbgrader course's source/ works too)")
+    p.add_argument("--student", action="append", help="grade only this student (repeat for more); with --workdir "
+                                                     "the others keep their grades")
+    p.add_argument("--workdir", type=Path, help="keep nbgrader's course directory here: gradebook, autograded "
+                                                "notebooks, kernel logs (default: a temporary one)")
     args = p.parse_args(argv)
-    grade(args.submissions, args.out, args.feedback, args.workdir, args.timeout)
+    grade(args.submissions, args.out, args.feedback, args.workdir, args.timeout, args.jobs, args.memory,
+          args.notebook_timeout, args.source, args.student)
 
 
 if __name__ == "__main__":

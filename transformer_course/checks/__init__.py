@@ -13,6 +13,7 @@ The helpers below are the vocabulary the topic modules are written in.
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -51,6 +52,11 @@ def describe(x: Any) -> str:
 
 def call(fn: Callable, *args, **kwargs):
     """Call the learner's function, turning 'not done yet' and crashes into a clear message."""
+    # The grading kernel (transformer_course.sandbox) listens for these events: while the learner's
+    # code runs it sees only the student edition of the chapter's module, and afterwards whatever
+    # that code patched (torch.equal, these helpers, ...) is put back before the check looks at
+    # the result. Without a listener they cost nothing.
+    sys.audit("transformer_course.checks.call", "start")
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
@@ -65,6 +71,8 @@ def call(fn: Callable, *args, **kwargs):
         raise CheckFailed(
             f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}"
         ) from e
+    finally:
+        sys.audit("transformer_course.checks.call", "end")
 
 
 def expect_tensor(got: Any, what: str) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Measure how long `python -m transformer_course.grade` takes for a class: N submissions of one
+chapter, graded with J workers.
+
+    python benchmarks/grading.py                        # 100 submissions of 03_attention, 2 workers
+    python benchmarks/grading.py --n 20 --jobs 1 2      # a quicker look, and the gain from a 2nd worker
+
+The class is made from the student edition and the solutions, drawn at random (seed 0) with
+weights 7:2:1: students who solved everything, who left one exercise as the stub, and who handed
+in the untouched stub (59, 26 and 15 of 100). Every notebook runs top to bottom as the grader runs it, so the time is dominated
+by executing the chapter (the grader's own work -- restoring tests, the guards, the CSV and the
+feedback -- is small). A submission that loops forever costs its cell time limit on top.
+
+Writes benchmarks/results/grading_<host>.csv (one row per submission: when it was done, how long
+it took) and, with --plot, book/images/grading_benchmark.png for the instructor guide.
+Not run by the tests: timings depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from common import RESULTS, write_csv
+from transformer_course.grade import grade
+from transformer_course.notebooks import CHAPTERS, ROOT, SOLUTIONS
+
+MARKER = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*(\n|$)", re.M)
+FIGURE = ROOT / "book" / "images" / "grading_benchmark.png"
+
+
+def make_class(chapter: str, n: int, folder: Path, seed: int = 0) -> None:
+    """n submissions in the flat layout: solved, one exercise left as the stub, or untouched (weights 7:2:1)."""
+    rng = random.Random(seed)
+    answers = {c.metadata.nbgrader.grade_id: MARKER.sub("", c.source)
+               for c in nbformat.read(SOLUTIONS / f"{chapter}.ipynb", as_version=4).cells
+               if c.metadata.get("nbgrader", {}).get("solution")}
+    for i in range(n):
+        nb = nbformat.read(CHAPTERS / f"{chapter}.ipynb", as_version=4)
+        kind = rng.choices(["solved", "one left", "stub"], [7, 2, 1])[0]
+        left = rng.choice(sorted(answers)) if kind == "one left" else None
+        if kind != "stub":
+            for c in nb.cells:
+                gid = c.metadata.get("nbgrader", {}).get("grade_id")
+                if c.metadata.get("nbgrader", {}).get("solution") and gid != left:
+                    c.source = answers[gid]
+        nbformat.write(nb, folder / f"student{i:03d}_{chapter}.ipynb")
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for jobs in sorted({r["jobs"] for r in rows}):
+        done = sorted(r["done_s"] for r in rows if r["jobs"] == jobs)
+        ax.step([0] + done, range(len(done) + 1), where="post",
+                label=f"{jobs} worker{'s' * (jobs > 1)}: {len(done)} in {done[-1]:.0f} s")
+    r = rows[0]
+    ax.set(xlabel="seconds since the command started", ylabel="notebooks graded",
+           title=f"Grading {r['chapter']} on {r['cpus']} CPU cores")
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--chapter", default="03_attention")
+    p.add_argument("--n", type=int, default=100, help="submissions in the class (default 100)")
+    p.add_argument("--jobs", type=int, nargs="+", default=[2], help="worker counts to measure (default 2)")
+    p.add_argument("--plot", action="store_true", help=f"also draw {FIGURE.relative_to(ROOT)}")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "submissions"
+        folder.mkdir()
+        make_class(args.chapter, args.n, folder)
+        for jobs in args.jobs:
+            t0 = time.monotonic()
+            load = os.getloadavg()[0]
+
+            def record(r, jobs=jobs, t0=t0, load=load):
+                rows.append({"chapter": args.chapter, "n": args.n, "jobs": jobs, "student": r.student,
+                             "score": r.score, "notebook_s": round(r.seconds, 2),
+                             "done_s": round(time.monotonic() - t0, 2), "load_before": round(load, 2),
+                             "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()})
+
+            grade(folder, Path(tmp) / f"grades_{jobs}.csv", feedback=Path(tmp) / f"feedback_{jobs}", jobs=jobs,
+                  on_result=record, log=lambda *a: None)
+            mine = [r for r in rows if r["jobs"] == jobs]
+            total = max(r["done_s"] for r in mine)
+            print(f"{args.n} notebooks of {args.chapter} with {jobs} worker(s): {total:.0f} s "
+                  f"({total / args.n:.1f} s per notebook; one notebook takes "
+                  f"{sorted(r['notebook_s'] for r in mine)[len(mine) // 2]:.1f} s, median); "
+                  f"load average before: {load:.1f}")
+    write_csv(rows, args.out or RESULTS / f"grading_{socket.gethostname()}.csv")
+    if args.plot:
+        plot(rows, FIGURE)
+
+
+if __name__ == "__main__":
+    main()
