@@ -34,7 +34,7 @@ case "${1:-}" in
   setup) setup ;;
   book)
     setup
-    python -m transformer_course.notebooks book
+    python -m transformer_course.tools.notebooks book
     ;;
   test)
     setup
@@ -44,7 +44,7 @@ case "${1:-}" in
   sync)
     setup
     shift
-    python -m transformer_course.notebooks sync "$@"
+    python -m transformer_course.tools.notebooks sync "$@"
     ;;
   *)
     sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

@@ -1,4 +1,4 @@
-"""Measure how long `python -m transformer_course.grade` takes for a class: N submissions of one
+"""Measure how long `python -m transformer_course.tools.grade` takes for a class: N submissions of one
 chapter, graded with J workers.
 
     python benchmarks/grading.py                        # 100 submissions of 03_attention, 2 workers
@@ -30,8 +30,8 @@ from pathlib import Path
 import nbformat
 
 from common import RESULTS, write_csv
-from transformer_course.grade import grade
-from transformer_course.notebooks import CHAPTERS, ROOT, SOLUTIONS
+from transformer_course.tools.grade import grade
+from transformer_course.tools.notebooks import CHAPTERS, ROOT, SOLUTIONS
 
 MARKER = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*(\n|$)", re.M)
 FIGURE = ROOT / "book" / "images" / "grading_benchmark.png"

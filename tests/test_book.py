@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from transformer_course.notebooks import book, solution_notebooks
+from transformer_course.tools.notebooks import book, solution_notebooks
 
 
 @pytest.fixture(scope="module")

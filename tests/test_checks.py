@@ -10,7 +10,7 @@ import pytest
 
 import exercises
 from transformer_course.checks import CheckFailed, NotImplementedYet
-from transformer_course.notebooks import read, solution_notebooks
+from transformer_course.tools.notebooks import read, solution_notebooks
 
 
 def _load():

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from transformer_course.notebooks import (CHAPTERS, ROOT, drift, read, reader_edition,
+from transformer_course.tools.notebooks import (CHAPTERS, ROOT, drift, read, reader_edition,
                                           solution_notebooks)
 
 NOTEBOOKS = solution_notebooks()
@@ -37,7 +37,7 @@ def test_student_edition_has_no_solutions_or_outputs(path):
 def test_solution_has_its_outputs_and_runs_clean(path):
     """Solutions are committed executed (the book is built from their outputs), without errors."""
     code = [c for c in read(path).cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code), "execute it: python -m transformer_course.notebooks execute"
+    assert all(c.execution_count is not None for c in code), "execute it: python -m transformer_course.tools.notebooks execute"
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, errors[0]["evalue"] if errors else ""
 

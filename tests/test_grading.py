@@ -14,8 +14,8 @@ import nbformat
 import psutil
 import pytest
 
-from transformer_course.grade import grade, restore_tests
-from transformer_course.notebooks import CHAPTERS, PACKAGE, SOLUTIONS, read, solution_notebooks
+from transformer_course.tools.grade import grade, restore_tests
+from transformer_course.tools.notebooks import CHAPTERS, PACKAGE, SOLUTIONS, read, solution_notebooks
 
 CHAPTER = "03_attention"  # quick to execute, five exercises
 EXERCISES = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "attention_weights", "sliding_window_mask"]
@@ -291,7 +291,7 @@ def test_regrading_one_student_keeps_the_others(graded, tmp_path):
     assert scores(again, "bob") == FULL
     assert {s: r for s, r in again.items() if s != "bob"} == {s: r for s, r in rows.items() if s != "bob"}
     # graded in this process (jobs=1): its kernel must be gone, or a long batch would pile them up
-    left = [p for p in psutil.Process().children(recursive=True) if "transformer_course.sandbox" in " ".join(p.cmdline())]
+    left = [p for p in psutil.Process().children(recursive=True) if "transformer_course.tools.sandbox" in " ".join(p.cmdline())]
     assert not left
 
 

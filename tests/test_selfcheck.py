@@ -7,8 +7,8 @@ import nbformat
 import pytest
 
 import transformer_course.attention as attention
-from transformer_course.notebooks import CHAPTERS
-from transformer_course.selfcheck import selfcheck
+from transformer_course.tools.notebooks import CHAPTERS
+from transformer_course.tools.selfcheck import selfcheck
 
 CHAPTER = "03_attention"
 
@@ -58,7 +58,7 @@ def test_command_line_runs_the_notebook_then_the_checks(tmp_path):
     stub.source = stub.source.replace("raise NotImplementedError()", "return torch.ones(n, n, dtype=torch.bool).tril()")
     path = tmp_path / f"{CHAPTER}.ipynb"
     nbformat.write(nb, path)
-    run = subprocess.run([sys.executable, "-m", "transformer_course.selfcheck", str(path)],
+    run = subprocess.run([sys.executable, "-m", "transformer_course.tools.selfcheck", str(path)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr
     assert "Self-check: 1 of 5 exercises pass" in run.stdout

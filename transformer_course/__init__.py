@@ -1,6 +1,18 @@
-"""Transformers, piece by piece: the code the chapters build and share.
+"""Transformers, piece by piece.
 
-Modules generated from the solution notebooks (edit the notebook, then `bash tasks.sh sync`):
-machine (00), tokens (01), positions (02), attention (03).
-Hand-written: checks (exercise checks), notebooks (course tooling), grade (instructor grading).
+- the transformer the chapters build, one module per chapter, generated from solutions/ by
+  `bash tasks.sh sync` (machine, tokens, positions, attention, multihead, blocks, ffn, transformer,
+  training, decoding, ...): edit the notebook, not the module;
+- ``checks``: the exercise checks, one module per topic;
+- ``tools``: what makes and grades the course (authoring, self-check, grading; the
+  ``transformer-course`` command).
+
+In a notebook, ``from transformer_course import selfcheck; selfcheck()`` checks every exercise.
 """
+
+
+def __getattr__(name):  # keep `import transformer_course` light: the tools load when asked for
+    if name == "selfcheck":
+        from .tools.selfcheck import selfcheck
+        return selfcheck
+    raise AttributeError(f"module 'transformer_course' has no attribute {name!r}")

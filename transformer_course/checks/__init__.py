@@ -52,7 +52,7 @@ def describe(x: Any) -> str:
 
 def call(fn: Callable, *args, **kwargs):
     """Call the learner's function, turning 'not done yet' and crashes into a clear message."""
-    # The grading kernel (transformer_course.sandbox) listens for these events: while the learner's
+    # The grading kernel (transformer_course.tools.sandbox) listens for these events: while the learner's
     # code runs it sees only the student edition of the chapter's module, and afterwards whatever
     # that code patched (torch.equal, these helpers, ...) is put back before the check looks at
     # the result. Without a listener they cost nothing.

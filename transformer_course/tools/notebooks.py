@@ -1,10 +1,10 @@
 """The course's notebook tooling: one source (solutions/), everything else generated from it.
 
-    python -m transformer_course.notebooks sync [NB ...]     normalize solutions, write exports and chapters/
-    python -m transformer_course.notebooks check             list drift (what sync would change); exit 1 if any
-    python -m transformer_course.notebooks execute NB ...    run solution notebooks in place, storing outputs
-    python -m transformer_course.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
-    python -m transformer_course.notebooks book              build the book (reader edition) into _build/html
+    python -m transformer_course.tools.notebooks sync [NB ...]     normalize solutions, write exports and chapters/
+    python -m transformer_course.tools.notebooks check             list drift (what sync would change); exit 1 if any
+    python -m transformer_course.tools.notebooks execute NB ...    run solution notebooks in place, storing outputs
+    python -m transformer_course.tools.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
+    python -m transformer_course.tools.notebooks book              build the book (reader edition) into _build/html
 
 Conventions in a solution notebook (see CONTRIBUTING.md):
 - a code cell whose first line is ``#| export <module>`` is copied into transformer_course/<module>.py
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS, CHAPTERS, PACKAGE = ROOT / "solutions", ROOT / "chapters", ROOT / "transformer_course"
 NB_VERSION = 4
 

@@ -1,7 +1,7 @@
 """The grading kernel: an IPython kernel in which a submission cannot take the machine down or
-grade itself. `transformer_course.grade` starts it for every submission:
+grade itself. `transformer_course.tools.grade` starts it for every submission:
 
-    python -m transformer_course.sandbox -f CONNECTION_FILE        (settings in $TC_SANDBOX, JSON)
+    python -m transformer_course.tools.sandbox -f CONNECTION_FILE        (settings in $TC_SANDBOX, JSON)
 
 What it does before the kernel starts:
 - limits the data the process may allocate (RLIMIT_DATA): a notebook that eats memory gets a

@@ -1,7 +1,7 @@
 """Grade a class: a folder of student notebooks into a CSV (a row per student, a column per exercise)
 and per-student HTML feedback in the checks' own words.
 
-    python -m transformer_course.grade SUBMISSIONS [--out grades.csv] [--feedback DIR] [-j N]
+    python -m transformer_course.tools.grade SUBMISSIONS [--out grades.csv] [--feedback DIR] [-j N]
 
 SUBMISSIONS holds nbgrader's layout, ``<student>/<chapter>/<chapter>.ipynb`` (its ``submitted/``
 folder), or a flat folder of ``<student>_<chapter>.ipynb`` files (chapter = a notebook stem such
@@ -12,7 +12,7 @@ How a submission is graded, and why it cannot spoil the batch:
 - every graded cell is put back as the instructor wrote it, hidden tests included, wherever the
   student edited, moved or deleted it (:func:`restore_tests`);
 - the notebook runs in a fresh kernel of its own (nbclient) started by
-  :mod:`transformer_course.sandbox` -- memory limited, reading the solutions refused, the checks'
+  :mod:`transformer_course.tools.sandbox` -- memory limited, reading the solutions refused, the checks'
   tools restored before each graded cell -- in a folder where the package's copy of the chapter's
   own modules is the student edition's (so importing the solution gives a stub), with a time
   limit per cell and per notebook; a cell that times out or a kernel that dies costs the
@@ -20,7 +20,7 @@ How a submission is graded, and why it cannot spoil the batch:
 - a graded cell earns its points when it raises nothing;
 - submissions run in parallel, one process each (-j), with a progress bar; the main process alone
   writes nbgrader's gradebook (sqlite takes one writer), and :class:`ExerciseCsvExporter` -- also
-  usable as ``nbgrader export --exporter=transformer_course.grade.ExerciseCsvExporter`` -- writes
+  usable as ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes
   the CSV from it.
 """
 
@@ -182,7 +182,7 @@ def write_kernelspec(grader: Path) -> Path:
     spec = kernels / KERNEL
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "transformer_course.sandbox", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "transformer_course.tools.sandbox", "-f", "{connection_file}"],
         "display_name": "transformer-course grader", "language": "python"}))
     return kernels
 
@@ -566,6 +566,12 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     from tqdm import tqdm
     from traitlets.config import Config, PyFileConfigLoader
 
+    # nbgrader runs `alembic` (its database migrations) as a program: find it beside this Python even
+    # when the environment is not activated
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+
     submissions, source = Path(submissions).resolve(), Path(source or SOLUTIONS).resolve()
     sources = chapter_sources(source)
     found = find_submissions(submissions, list(sources))
@@ -655,8 +661,8 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     return Path(out)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m transformer_course.grade", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog="python -m transformer_course.tools.grade"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("submissions", type=Path, help="folder of student notebooks")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
     p.add_argument("--feedback", type=Path, help="also write per-student HTML feedback into this folder")

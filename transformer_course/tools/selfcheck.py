@@ -2,12 +2,12 @@
 
 In a notebook (Jupyter, Colab), in a cell at the end:
 
-    from transformer_course.selfcheck import selfcheck
+    from transformer_course.tools.selfcheck import selfcheck
     selfcheck()
 
 From the command line (runs the whole notebook in a fresh kernel first):
 
-    python -m transformer_course.selfcheck chapters/03_attention.ipynb
+    python -m transformer_course.tools.selfcheck chapters/03_attention.ipynb
 
 Nothing is listed by hand: an exercise is a ``check_<name>`` function in one of the modules of
 ``transformer_course.checks``, and it is in play when the notebook defines ``<name>`` or has imported
@@ -27,14 +27,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .checks import CheckFailed, NotImplementedYet
+from ..checks import CheckFailed, NotImplementedYet
 
 MARK = {"pass": "\u2713", "fail": "\u2717", "todo": "\u00b7", "missing": "?"}
 
 
 def check_modules() -> dict:
     """Module name -> module, for every importable transformer_course.checks.<topic>."""
-    from . import checks
+    from .. import checks
 
     found = {}
     for info in pkgutil.iter_modules(checks.__path__):
@@ -96,20 +96,20 @@ def selfcheck(namespace: dict | None = None) -> dict[str, str]:
     return {name: status for name, (status, _) in results.items()}
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
     """Run a notebook top to bottom in a fresh kernel, then the self-check in it."""
     import nbformat
     from nbclient import NotebookClient
     from tqdm import tqdm
 
-    p = argparse.ArgumentParser(prog="python -m transformer_course.selfcheck", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("notebook", type=Path)
     p.add_argument("--timeout", type=int, default=300, help="seconds a single cell may run (default 300)")
     args = p.parse_args(argv)
 
     nb = nbformat.read(args.notebook, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(
-        "from transformer_course.selfcheck import selfcheck as _tc_selfcheck\n"
+        "from transformer_course.tools.selfcheck import selfcheck as _tc_selfcheck\n"
         "_tc_status = _tc_selfcheck()\nimport json as _tc_json\nprint('TC-SELFCHECK', _tc_json.dumps(_tc_status))"))
     code = [c for c in nb.cells if c.cell_type == "code"]
     bar = tqdm(total=len(code), desc=f"running {args.notebook.name}", unit="cell", leave=False)

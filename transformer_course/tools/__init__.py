@@ -1,0 +1,7 @@
+"""The tools that make and grade the course (hand-written, not generated from the notebooks):
+
+- ``notebooks``: the one-source workflow for authors (solutions/ -> chapters/, package exports, the book);
+- ``selfcheck``: a learner's summary of a chapter's checks;
+- ``grade`` and ``sandbox``: an instructor's grading of a class, each submission in a guarded kernel;
+- ``cli``: the ``transformer-course`` command that fronts them.
+"""
