@@ -1,6 +1,7 @@
 """Everything generated from solutions/ is up to date, and each edition holds what it should."""
 
 import re
+import tomllib
 
 import pytest
 import yaml
@@ -64,11 +65,15 @@ def test_each_exercise_is_followed_by_a_graded_check(path):
                 f"{meta['grade_id']}: the next graded cell should be check_{meta['grade_id']}"
 
 
-def test_colab_cells_install_from_the_repository():
+def test_colab_cells_install_this_version_from_the_repository():
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     for path in NOTEBOOKS:
         setup = [c for c in read(path).cells if "colab-setup" in c.metadata.get("tags", [])]
-        assert len(setup) == 1 and url in setup[0].source, f"{path.name}: colab-setup cell must install from {url}"
+        assert len(setup) == 1, f"{path.name}: one colab-setup cell"
+        assert url in setup[0].source and f"@v{version}" in setup[0].source, \
+            f"{path.name}: the colab-setup cell must install v{version} (pyproject.toml) from {url}"
+        assert "%pip" not in setup[0].source  # %pip tells learners they "may need to restart the kernel"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -78,3 +83,17 @@ def test_reader_edition_hides_solutions_and_drops_hidden_tests(path):
     assert "HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text
     solved = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
     assert solved and all("hide-input" in c.metadata["tags"] for c in solved)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_answers_stay_hidden_outside_the_book(path):
+    """MyST's {dropdown} and {admonition} show as plain text in JupyterLab, nbconvert and Colab;
+    an HTML <details> block stays collapsed everywhere."""
+    cells = read(CHAPTERS / path.name).cells
+    text = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert "{dropdown}" not in text and "{admonition}" not in text
+    questions = re.search(r"^## Questions\s*$(.*?)^## Exercises\s*$", text, re.M | re.S).group(1)
+    asked = re.findall(r"^(?:\*\*\d+\.\*\*|\d+\. )", questions, re.M)
+    answers = re.findall(r'^<details class="answer"><summary>Answer</summary>\n\n', questions, re.M)
+    assert asked and len(answers) >= len(asked), f"{len(asked)} questions, {len(answers)} hidden answers"
+    assert questions.count("<details") == questions.count("</details>")

@@ -50,7 +50,7 @@ import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import ExportPlugin
 
-from .notebooks import HIDDEN_BLOCK, PACKAGE, ROOT, SOLUTIONS, exports
+from .notebooks import HIDDEN_BLOCK, PACKAGE, ROOT, SOLUTIONS, exports, nbgrader_api
 
 CHECK_PREFIX = "check_"
 KERNEL = "transformer-course-grader"
@@ -562,15 +562,8 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
           on_result=None) -> Path:
     """Grade every notebook in `submissions`; write the CSV to `out` (and HTML to `feedback`); return `out`.
     `on_result(result)` is called as each submission is done (the benchmark times them)."""
-    from nbgrader.apps import NbGraderAPI
     from tqdm import tqdm
     from traitlets.config import Config, PyFileConfigLoader
-
-    # nbgrader runs `alembic` (its database migrations) as a program: find it beside this Python even
-    # when the environment is not activated
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
 
     submissions, source = Path(submissions).resolve(), Path(source or SOLUTIONS).resolve()
     sources = chapter_sources(source)
@@ -593,7 +586,7 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     if "db_url" not in cfg.CourseDirectory:
         cfg.CourseDirectory.db_url = f"sqlite:///{root}/gradebook.db"
     cfg.GenerateAssignment.force = True  # regrading after a fix regenerates the release
-    api = NbGraderAPI(config=cfg)
+    api = nbgrader_api(cfg)
     db_url, course_id = api.coursedir.db_url, api.coursedir.course_id
     warnings.filterwarnings("ignore", module="nbgrader")  # SQLAlchemy session chatter
 

@@ -147,10 +147,22 @@ def owned_modules() -> dict[str, str]:
 
 # --- the student edition (nbgrader) ------------------------------------------------------------
 
+def nbgrader_api(config):
+    """nbgrader's API. nbgrader runs `alembic` (its database migrations) as a program: put this
+    Python's bin folder on the PATH so that it is found with or without an activated venv."""
+    import os
+
+    from nbgrader.apps import NbGraderAPI
+
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    return NbGraderAPI(config=config)
+
+
 def student_editions(sources: dict[str, str]) -> dict[str, str]:
     """File name -> text of the student notebook nbgrader generates (no outputs, no solutions),
     from solution notebooks given as file name -> text."""
-    from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
     out = {}
@@ -159,7 +171,7 @@ def student_editions(sources: dict[str, str]) -> dict[str, str]:
         cfg.CourseDirectory.root = tmp
         cfg.CourseDirectory.db_url = f"sqlite:///{tmp}/gradebook.db"
         cfg.GenerateAssignment.force = True
-        api = NbGraderAPI(config=cfg)
+        api = nbgrader_api(cfg)
         for name, text in sources.items():
             stem = Path(name).stem
             src = Path(tmp, "source", stem)
