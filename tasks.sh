@@ -3,8 +3,15 @@
 # pinned environment (a no-op when requirements.txt and pyproject.toml are unchanged).
 #
 #   bash tasks.sh book     build the book into _build/html and print where it is
+#   bash tasks.sh book --no-solutions
+#                          the same without the solutions: each exercise shows its stub, for a
+#                          class whose grades count
 #   bash tasks.sh test     run the whole test suite
 #   bash tasks.sh sync     after editing solutions/: regenerate the package exports and chapters/
+#   bash tasks.sh gpu OUTDIR [--dry-run]
+#                          on a CUDA machine: every chapter under nbval on the GPU, Triton compiled,
+#                          the benchmarks; a report (markdown + CSVs) into OUTDIR (under 8 minutes
+#                          on an H100). --dry-run rehearses the same pipeline on the CPU in seconds
 #   bash tasks.sh setup    only make the environment
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,7 +41,13 @@ case "${1:-}" in
   setup) setup ;;
   book)
     setup
-    python -m transformer_course.tools.notebooks book
+    shift
+    python -m transformer_course.tools.notebooks book "$@"
+    ;;
+  gpu)
+    setup
+    shift
+    python benchmarks/gpu_report.py "$@"
     ;;
   test)
     setup
@@ -47,7 +60,7 @@ case "${1:-}" in
     python -m transformer_course.tools.notebooks sync "$@"
     ;;
   *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -2,6 +2,7 @@
 
     python benchmarks/attention_cost.py                          # default sizes, CPU and GPU if present
     python benchmarks/attention_cost.py --ns 1024 4096 16384 --heads 8 --d-head 64 --causal
+    python benchmarks/attention_cost.py --device cuda            # the GPU only
 
 Chapter 03 (attention) claims that the naive attention's time and memory grow like N^2 (it stores
 the [B, H, N, N] score matrix), and that PyTorch's fused kernels (flash / memory-efficient
@@ -53,10 +54,15 @@ def main(argv=None):
     p.add_argument("--cpu-dtype", default="float32")
     p.add_argument("--gpu-dtype", default="float16")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   help="where to measure (all: the CPU, and the GPU when present)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device(d) for d in (["cpu", "cuda"] if args.device == "all" else [args.device])
+               if d == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        p.error("--device cuda: no CUDA GPU here")
     out = args.out or RESULTS / f"attention_cost_{socket.gethostname()}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

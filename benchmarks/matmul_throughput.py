@@ -2,6 +2,7 @@
 
     python benchmarks/matmul_throughput.py                       # default sizes, writes a CSV
     python benchmarks/matmul_throughput.py --sizes 256 1024 4096 --dtypes float32 bfloat16
+    python benchmarks/matmul_throughput.py --device cuda        # the GPU only
 
 Chapter 00 (the machine) claims that throughput grows with size and that a GPU is far faster in
 bf16 than in fp32; this script measures it. Results go to benchmarks/results/matmul_throughput_<device>.csv
@@ -36,11 +37,16 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--cpu-max", type=int, default=2048, help="largest size measured on the CPU")
+    p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                   help="where to measure (all: the CPU, and the GPU when present)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    tag = ("cuda_" + re.sub(r"\W+", "_", torch.cuda.get_device_name()).strip("_").lower()) if len(devices) > 1 else "cpu"
+    devices = [torch.device(d) for d in (["cpu", "cuda"] if args.device == "all" else [args.device])
+               if d == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        p.error("--device cuda: no CUDA GPU here")
+    tag = ("cuda_" + re.sub(r"\W+", "_", torch.cuda.get_device_name()).strip("_").lower()) if devices[-1].type == "cuda" else "cpu"
     out = args.out or RESULTS / f"matmul_throughput_{tag}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

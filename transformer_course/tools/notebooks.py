@@ -5,6 +5,7 @@
     python -m transformer_course.tools.notebooks execute NB ...    run solution notebooks in place, storing outputs
     python -m transformer_course.tools.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
     python -m transformer_course.tools.notebooks book              build the book (reader edition) into _build/html
+    python -m transformer_course.tools.notebooks book --no-solutions   the same, each solution replaced by its stub
 
 Conventions in a solution notebook (see CONTRIBUTING.md):
 - a code cell whose first line is ``#| export <module>`` is copied into transformer_course/<module>.py
@@ -186,21 +187,58 @@ def student_editions(sources: dict[str, str]) -> dict[str, str]:
 
 # --- the reader edition (the book) -------------------------------------------------------------
 
-def reader_edition(nb):
-    """Outputs kept, solutions shown but collapsed, hidden tests and Colab setup removed."""
+MAGIC_LINE = re.compile(r"^%matplotlib\b.*$")
+ANSWER = re.compile(r"[ \t]*<details class=\"answer\">.*?</details>[ \t]*\n?", re.S)
+SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
+
+
+def stub(source: str) -> str:
+    """What nbgrader leaves of a solution: each BEGIN/END SOLUTION block becomes the stub."""
+    out, inside = [], False
+    for line in source.splitlines():
+        m = SOLUTION_LINE.match(line)
+        if m and m.group(1) == "BEGIN":
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
+            inside = True
+        elif m:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "\n".join(out)
+
+
+def reader_edition(nb, solutions: bool = True):
+    """The book's page: outputs kept, hidden tests, Colab setup, `#| export` markers and
+    `%matplotlib` lines removed; solutions shown collapsed behind "Show solution".
+    With solutions=False (for a class whose grades count) every solution is the student's stub
+    instead (its outputs dropped) and the answers to the questions are left out."""
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
+        is_solution = cell.metadata.get("nbgrader", {}).get("solution", False)
+        if cell.cell_type == "markdown":
+            if not solutions:
+                cell.source = "YOUR ANSWER HERE" if is_solution else ANSWER.sub("", cell.source)
         if cell.cell_type != "code":
+            if not tags:
+                del cell.metadata["tags"]
             continue
         if "colab-setup" in tags:
             tags.append("remove-cell")
         # a live widget needs a kernel; the book shows the static figure drawn beside it instead
         cell.outputs = [o for o in cell.outputs if WIDGET not in o.get("data", {})]
-        cell.source = HIDDEN_BLOCK.sub("", cell.source).rstrip("\n")
+        lines = HIDDEN_BLOCK.sub("", cell.source).rstrip("\n").splitlines()
+        if lines and EXPORT_RE.match(lines[0]):
+            lines = lines[1:]  # the marker is for the course's tooling, not for readers
+        cell.source = "\n".join(l for l in lines if not MAGIC_LINE.match(l)).strip("\n")
         if "### BEGIN SOLUTION" in cell.source:
-            cell.source = "\n".join(l for l in cell.source.splitlines() if not SOLUTION_LINE.match(l))
-            tags.append("hide-input")
+            if solutions:
+                cell.source = "\n".join(l for l in cell.source.splitlines() if not SOLUTION_LINE.match(l))
+                tags.append("hide-input")
+                cell.metadata["mystnb"] = dict(SOLUTION_PROMPTS)
+            else:
+                cell.source, cell.outputs = stub(cell.source), []
         if not tags:
             del cell.metadata["tags"]
     return nb
@@ -290,7 +328,7 @@ def from_py(py: str, out: str):
     print(f"wrote {target}")
 
 
-def stage_book(dest: Path) -> Path:
+def stage_book(dest: Path, solutions: bool = True) -> Path:
     """The book's source tree: config, toc and front matter as they are, chapters as reader editions."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -299,20 +337,31 @@ def stage_book(dest: Path) -> Path:
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "book", dest / "book")
+    if (dest / "book" / "_static").exists():  # Jupyter Book picks up <source>/_static
+        shutil.move(dest / "book" / "_static", dest / "_static")
     (dest / "chapters").mkdir()
     for path in solution_notebooks():
         # same relative path as the student edition, so launch buttons open chapters/<name>.ipynb
-        (dest / "chapters" / path.name).write_text(dumps(reader_edition(read(path))))
+        (dest / "chapters" / path.name).write_text(dumps(reader_edition(read(path), solutions)))
     return dest
 
 
-def book(root: Path = ROOT) -> Path:
-    """Build the HTML book into root/_build/html (warnings are errors) and return that folder."""
-    src = stage_book(root / "_build" / "src")
+def book(root: Path = ROOT, solutions: bool = True) -> Path:
+    """Build the HTML book into root/_build/html (warnings are errors) and return that folder.
+
+    solutions=False builds the site for a class whose grades count: every solution is the stub
+    and the answers to the questions are left out. Either way the page's Download > .ipynb gives
+    the student edition (chapters/<name>.ipynb), as the launch buttons do.
+    """
+    src = stage_book(root / "_build" / "src", solutions)
+    html = root / "_build" / "html"
+    if html.exists():  # a build with solutions must not leave them in a build without
+        shutil.rmtree(html)
     subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(root),
                     "--warningiserror", "--keep-going", "--quiet"], check=True)
-    html = root / "_build" / "html"
-    print(f"\nThe book is at {html / 'index.html'}")
+    for path in solution_notebooks():
+        shutil.copy(CHAPTERS / path.name, html / "_sources" / "chapters" / path.name)
+    print(f"\nThe book{'' if solutions else ' (no solutions)'} is at {html / 'index.html'}")
     return html
 
 
@@ -329,8 +378,8 @@ def main(argv=None):
         execute(args)
     elif cmd == "from-py" and len(args) == 2:
         from_py(*args)
-    elif cmd == "book":
-        book()
+    elif cmd == "book" and set(args) <= {"--no-solutions"}:
+        book(solutions="--no-solutions" not in args)
     else:
         print(__doc__)
         sys.exit(0 if cmd == "help" else 2)
