@@ -14,8 +14,9 @@ are O(1) memory; a Python loop over them is slow, which is the GPU's job to fix)
 -> benchmarks/results/flash_attention_cpu.csv
 
 CUDA: TFLOP/s = 4·B·H·N²·d / seconds, halved when causal; forward+backward counts
-the backward as 2.5 forwards (as flash-attention's benchmarks do). Our Triton kernel has
-no backward, so forward+backward is measured for PyTorch's flash backend only.
+the backward as 2.5 forwards (as flash-attention's benchmarks do). Ours is
+FlashAttentionTriton (flash_forward_kernel + flash_backward_kernel); PyTorch's is
+F.scaled_dot_product_attention restricted to its flash backend.
 -> benchmarks/results/flash_attention_cuda.csv
 
 Not run by the tests: timings depend on the machine.
@@ -91,7 +92,7 @@ def run_cuda(ns, batch: int, heads: int) -> None:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from transformer_course.flash import flash_attention_triton
+    from transformer_course.flash import FlashAttentionTriton, flash_attention_triton
     from transformer_course.machine import time_fn
 
     device = torch.device("cuda")
@@ -111,10 +112,14 @@ def run_cuda(ns, batch: int, heads: int) -> None:
                     def sdpa_fwd_bwd():
                         sdpa().backward(do)
 
+                    def triton_fwd_bwd():
+                        FlashAttentionTriton.apply(q, k, v, causal).backward(do)
+
                     do = torch.randn_like(q)
                     cases = [("triton", "fwd", lambda: flash_attention_triton(q, k, v, causal),
                               flops),
                              ("sdpa_flash", "fwd", sdpa, flops),
+                             ("triton", "fwd+bwd", triton_fwd_bwd, (1 + 2.5) * flops),
                              ("sdpa_flash", "fwd+bwd", sdpa_fwd_bwd, (1 + 2.5) * flops)]
                     for impl, mode, fn, work in cases:
                         if mode == "fwd":

@@ -225,6 +225,109 @@ def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
     return o.reshape(q.shape)
 
 
+if triton is not None:
+    @triton.jit
+    def flash_backward_kernel(Q, K, V, DO, LSE, D, DQ, DK, DV, n_q, n_k, d, scale,
+                              CAUSAL: tl.constexpr, BLOCK_Q: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                              PRECISION: tl.constexpr):
+        """One program: BLOCK_K keys of one (batch, head), program_id(1). It loops over
+        the query blocks that see them, keeps dk and dv in registers and adds its share
+        of dq atomically (DQ is fp32). LSE and D = rowsum(dO ∘ O) are [BH, n_q] fp32."""
+        bh = tl.program_id(1).to(tl.int64)
+        cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        dims = tl.arange(0, BLOCK_D)
+        kv_offsets = bh * n_k * d + cols[:, None] * d + dims[None, :]
+        kv_mask = (cols[:, None] < n_k) & (dims[None, :] < d)
+        k = tl.load(K + kv_offsets, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_offsets, mask=kv_mask, other=0.0)
+        dk = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+        start = 0
+        if CAUSAL:  # the first query that sees key j is j - (n_k - n_q)
+            start = tl.maximum(0, tl.program_id(0) * BLOCK_K - (n_k - n_q))
+            start = start // BLOCK_Q * BLOCK_Q
+        for i in range(start, n_q, BLOCK_Q):
+            rows = i + tl.arange(0, BLOCK_Q)
+            q_offsets = bh * n_q * d + rows[:, None] * d + dims[None, :]
+            q_mask = (rows[:, None] < n_q) & (dims[None, :] < d)
+            q = tl.load(Q + q_offsets, mask=q_mask, other=0.0)
+            do = tl.load(DO + q_offsets, mask=q_mask, other=0.0)
+            lse = tl.load(LSE + bh * n_q + rows, mask=rows < n_q, other=float("inf"))
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # no key: P = 0
+            delta = tl.load(D + bh * n_q + rows, mask=rows < n_q, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            seen = (rows[:, None] < n_q) & (cols[None, :] < n_k)
+            if CAUSAL:
+                seen = seen & (cols[None, :] <= rows[:, None] + n_k - n_q)
+            p = tl.where(seen, tl.exp(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None]) * scale
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+            dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+            tl.atomic_add(DQ + q_offsets, dq, mask=q_mask)
+        tl.store(DK + kv_offsets, dk.to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(DV + kv_offsets, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+
+def flash_attention_triton_backward(q, k, v, o, lse, do, causal: bool = False):
+    """(dq, dk, dv) by flash_backward_kernel, given lse (natural log, [..., n_q])."""
+    validate_qkv(q, k, v)
+    if triton is None:
+        raise RuntimeError("Triton is not available on this machine (it needs Linux)")
+    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    q3, k3, v3, do3 = (t.reshape(-1, t.shape[-2], d).contiguous()
+                       for t in (q, k, v, do))
+    lse2 = lse.reshape(-1, n_q).float().contiguous()
+    delta = (do.float() * o.float()).sum(-1).reshape(-1, n_q).contiguous()
+    dq = torch.zeros(q3.shape, dtype=torch.float32, device=q.device)
+    dk, dv = torch.empty_like(k3), torch.empty_like(v3)
+    block_q, block_k = (32, 32) if INTERPRETED else (64, 64)
+    grid = (triton.cdiv(n_k, block_k), q3.shape[0])
+    flash_backward_kernel[grid](
+        q3, k3, v3, do3, lse2, delta, dq, dk, dv, n_q, n_k, d, 1 / math.sqrt(d),
+        CAUSAL=causal, BLOCK_Q=block_q, BLOCK_K=block_k,
+        BLOCK_D=max(16, triton.next_power_of_2(d)),
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return dq.to(q.dtype).reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+def flash_forward_triton(q, k, v, causal: bool = False):
+    """(o, lse) by flash_forward_kernel: the launch of flash_attention_triton."""
+    validate_qkv(q, k, v)
+    if triton is None:
+        raise RuntimeError("Triton is not available on this machine (it needs Linux)")
+    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    q3, k3, v3 = (t.reshape(-1, t.shape[-2], d).contiguous() for t in (q, k, v))
+    o = torch.empty_like(q3)
+    lse = torch.empty(q3.shape[:-1], dtype=torch.float32, device=q.device)
+    block_q, block_k = (32, 32) if INTERPRETED else (128, 64)
+    flash_forward_kernel[(triton.cdiv(n_q, block_q), q3.shape[0])](
+        q3, k3, v3, o, lse, n_q, n_k, d, 1 / math.sqrt(d), CAUSAL=causal,
+        BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return o.reshape(q.shape), lse.reshape(q.shape[:-1])
+
+
+class FlashAttentionTriton(torch.autograd.Function):
+    """Attention by the two Triton kernels, saving (q, k, v, o, lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal=False):
+        o, lse = flash_forward_triton(q, k, v, causal)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal = causal
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        grads = flash_attention_triton_backward(q, k, v, o, lse, do, ctx.causal)
+        return *grads, None
+
+
 def peak_rss_increase(fn) -> int:
     """Bytes by which this process's resident memory rose above its level before fn(),
     at its peak. Linux only: resets the kernel's high-water mark (VmHWM) through

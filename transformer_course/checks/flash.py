@@ -272,7 +272,7 @@ def _low_precision_cases(seed: int):
 def check_flash_attention_triton(fn, seed: int = 0) -> None:
     """fn(q, k, v, causal) must equal attention: fp32 on awkward shapes (exact to 2e-5, under the
     interpreter on a CPU), and on a GPU also fp16/bf16 within twice PyTorch's own error."""
-    from transformer_course.checks.machine import _bounds_checked
+    from transformer_course.checks.machine import _bounds_checked, _chain_mentions
     from transformer_course.machine import load_triton, pick_device
 
     if load_triton() is None:
@@ -295,7 +295,7 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
                     raise CheckFailed(f"{head}: your kernel tried to {kind} {count} elements "
                                       "outside the tensors: mask every tl.load and tl.store with "
                                       "the rows < n_q, keys < n_k and dims < d it may touch") from None
-                if "NotImplementedError" in str(e):
+                if _chain_mentions(e, "NotImplementedError"):
                     raise NotImplementedYet(
                         "flash_forward_kernel is not implemented yet: replace `raise "
                         "NotImplementedError()` in the kernel with your code, then run this "
