@@ -32,9 +32,9 @@ def load_triton():
     """Import Triton: compiled for the GPU when there is one, else in its CPU
     interpreter.
 
-    Returns the `triton` module, or None where Triton cannot be installed (macOS,
-    Windows).
-    The interpreter must be chosen before any kernel is defined, hence this function.
+    Returns the `triton` module, or None where Triton cannot be installed
+    (macOS, Windows). The interpreter must be chosen before any kernel is defined, hence
+    this function.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -46,8 +46,8 @@ def load_triton():
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes of memory the elements of t take: numel × element size (exact, no allocator
-    rounding)."""
+    """Bytes of memory the elements of t take: numel × element size
+    (exact, no allocator rounding)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
     return t.numel() * t.element_size()
@@ -142,8 +142,8 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Ten
 
 
 def free_port() -> int:
-    """A TCP port nobody is listening on right now (the OS picks it when we bind to port
-    0)."""
+    """A TCP port nobody is listening on right now
+    (the OS picks it when we bind to port 0)."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -155,9 +155,9 @@ def allreduce_worker(rank: int, world_size: int, port: int, results) -> None:
     """Run by each spawned process: join the group, all_reduce a tensor, report what
     came back.
 
-    Rank r contributes [r + 1, r + 1, r + 1, r + 1]; after the sum every rank holds
-    1 + 2 + ... + world_size in every entry. Results go to `results` (a queue) as (rank,
-    list).
+    Rank r contributes [r + 1, r + 1, r + 1, r + 1]; after the sum every rank holds 1 +
+    2 + ... + world_size in every entry. Results go to `results` (a queue) as
+    (rank, list).
     """
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
@@ -205,8 +205,8 @@ def run_allreduce(world_size: int = 2) -> list:
 
 
 def matmul_time_estimate(m: int, n: int, k: int, peak_flops: float) -> float:
-    """Seconds [m, k] @ [k, n] takes when the chip runs at peak_flops FLOP/s (a lower
-    bound)."""
+    """Seconds [m, k] @ [k, n] takes when the chip runs at peak_flops FLOP/s
+    (a lower bound)."""
     if peak_flops <= 0:
         raise ValueError(f"peak_flops must be positive, got {peak_flops}")
     return 2 * m * n * k / peak_flops
