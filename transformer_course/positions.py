@@ -6,10 +6,8 @@ import torch
 
 
 def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
-    """The table of Vaswani et al. (2017), float32 [n_positions, d_model]:
-    PE[pos, 2i] = sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(pos /
-    10000^(2i/d_model)).
-    """
+    """The table of Vaswani et al. (2017), float32 [n_positions, d_model]: PE[pos, 2i] =
+    sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d_model))."""
     if d_model % 2:
         raise ValueError(
             f"d_model must be even (dimensions come in sin/cos pairs), got {d_model}"
@@ -28,11 +26,9 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding (Su et al., 2021): for x [..., seq, d] and positions
-    [seq], turn
-    each pair (x[2i], x[2i+1]) of token j by the angle positions[j] · 10000^(-2i/d).
-    Returns a new tensor with x's shape and dtype; the arithmetic is done in float32 or
-    wider.
-    """
+    [seq], turn each pair (x[2i], x[2i+1]) of token j by the angle positions[j] ·
+    10000^(-2i/d). Returns a new tensor with x's shape and dtype; the arithmetic is done
+    in float32 or wider."""
     if x.dim() < 2 or x.shape[-1] % 2:
         raise ValueError(
             f"x must have shape [..., seq, d] with d even, got {tuple(x.shape)}"
@@ -85,7 +81,8 @@ class RopeCache:
     float32.
 
     cache(x, positions) equals apply_rope(x, positions) for integer positions, without
-    recomputing any cosine: it gathers rows of the cached tables."""
+    recomputing any cosine: it gathers rows of the cached tables.
+    """
 
     def __init__(self, d: int, max_positions: int, base: float = 10000.0, device=None):
         angles = rope_angles(torch.arange(max_positions, device=device), d, base)
@@ -112,8 +109,8 @@ class RopeCache:
 
 def shift_matrix(k: int, d_model: int) -> torch.Tensor:
     """M_k, float32 [d_model, d_model], with PE(pos + k) = PE(pos) @ M_k for the
-    sinusoidal table PE:
-    block-diagonal, one 2x2 rotation by k · 10000^(-2i/d_model) per pair (2i, 2i+1)."""
+    sinusoidal table PE: block-diagonal, one 2x2 rotation by k · 10000^(-2i/d_model) per
+    pair (2i, 2i+1)."""
     if d_model % 2:
         raise ValueError(f"d_model must be even, got {d_model}")
     angles = k * 10000.0 ** (
@@ -130,9 +127,8 @@ def shift_matrix(k: int, d_model: int) -> torch.Tensor:
 
 def half_split_permutation(d: int) -> torch.Tensor:
     """Long [d] index tensor perm such that x_half[..., perm] is in the interleaved
-    layout:
-    apply_rope(x[..., perm], p) == apply_rope_half_split(x, p)[..., perm] for all x, p.
-    """
+    layout: apply_rope(x[..., perm], p) == apply_rope_half_split(x, p)[..., perm] for
+    all x, p."""
     if d % 2:
         raise ValueError(f"d must be even, got {d}")
     half = torch.arange(d // 2)
