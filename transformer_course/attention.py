@@ -6,9 +6,9 @@ import torch
 
 
 def validate_attention_inputs(q, k, v, mask=None) -> None:
-    """Raise a clear error unless q [..., n_q, d_k], k [..., n_k, d_k], v [..., n_k,
-    d_v] and mask
-    (optional) is a bool tensor broadcastable to the scores' shape [..., n_q, n_k]."""
+    """Raise a clear error unless q [..., n_q, d_k], k [..., n_k, d_k], v
+    [..., n_k, d_v] and mask (optional) is a bool tensor broadcastable to the scores'
+    shape [..., n_q, n_k]."""
     for name, t, want in (
         ("q", q, "[..., n_q, d_k]"),
         ("k", k, "[..., n_k, d_k]"),
@@ -56,12 +56,11 @@ def validate_attention_inputs(q, k, v, mask=None) -> None:
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d_k)) v for q [..., n_q, d_k], k [..., n_k, d_k], v [...,
-    n_k, d_v].
+    """softmax(q k^T / sqrt(d_k)) v for q [..., n_q, d_k], k [..., n_k, d_k], v
+    [..., n_k, d_v].
 
     mask: optional bool tensor broadcastable to [..., n_q, n_k]; True = may attend, and
-    keys where
-    it is False get exactly zero weight. Returns [..., n_q, d_v].
+    keys where it is False get exactly zero weight. Returns [..., n_q, d_v].
     """
     validate_attention_inputs(q, k, v, mask)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])      # [..., n_q, n_k]

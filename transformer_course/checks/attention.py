@@ -218,7 +218,20 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
             expect_close(got, want, what, atol=1e-5, rtol=1e-4,
                          hint="The oracle is F.scaled_dot_product_attention(q, k, v, attn_mask=mask)")
             n += 1
+
+        # 5. the dtype is kept: float64 in, float64 out
+        q, k, v = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(3))
+        got = _call_sdpa(fn, q, k, v, None)
+        _expect_same_dtype(got, q, (2, 3, 4), f"{who}(q, k, v of shape [2, 3, 4], float64)")
+        n += 1
     passed(fn, n)
+
+
+def _expect_same_dtype(got, q, shape, what):
+    _expect_float_output(got, shape, what, SDPA_HINT)
+    if got.dtype != q.dtype:
+        fail(f"{what} returned {got.dtype}: keep the inputs' dtype {q.dtype} (no .float(), "
+             f"no tensors made in float32 on the way)")
 
 
 # --- the weights alone (an exercise at the end of the chapter) ---------------------------------
@@ -261,6 +274,10 @@ def check_attention_weights(fn, seed: int = 0) -> None:
             expect_close(got, want, what, hint="The weights must be softmax(q k^T / sqrt(d_k)) with masked "
                                                "scores set to -inf, over the last dimension")
             n += 1
+        q, k = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(2))
+        got = call(fn, q, k)
+        _expect_same_dtype(got, q, (2, 3, 3), f"{who}(q, k of shape [2, 3, 4], float64)")
+        n += 1
     passed(fn, n)
 
 
