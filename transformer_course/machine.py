@@ -10,10 +10,13 @@ import torch.distributed as dist
 
 
 def pick_device(verbose: bool = True) -> torch.device:
-    """The device every chapter computes on, chosen once at the top: a CUDA GPU when there is one."""
+    """The device every chapter computes on, chosen once at the top: a CUDA GPU when
+    there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if verbose:
-        name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+        name = (
+            f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+        )
         print(f"device: {device.type}{name}")
     return device
 
@@ -26,10 +29,12 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def load_triton():
-    """Import Triton: compiled for the GPU when there is one, else in its CPU interpreter.
+    """Import Triton: compiled for the GPU when there is one, else in its CPU
+    interpreter.
 
-    Returns the `triton` module, or None where Triton cannot be installed (macOS, Windows).
-    The interpreter must be chosen before any kernel is defined, hence this function.
+    Returns the `triton` module, or None where Triton cannot be installed
+    (macOS, Windows). The interpreter must be chosen before any kernel is defined, hence
+    this function.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -41,7 +46,8 @@ def load_triton():
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes of memory the elements of t take: numel × element size (exact, no allocator rounding)."""
+    """Bytes of memory the elements of t take: numel × element size
+    (exact, no allocator rounding)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")
     return t.numel() * t.element_size()
@@ -56,7 +62,8 @@ def format_bytes(n: float) -> str:
 
 
 def matmul_flops(m: int, n: int, k: int) -> int:
-    """Floating-point operations of [m, k] @ [k, n]: a multiply and an add per term of each dot product."""
+    """Floating-point operations of [m, k] @ [k, n]: a multiply and an add per term of
+    each dot product."""
     return 2 * m * n * k
 
 
@@ -68,9 +75,12 @@ def synchronize(device) -> None:
 
 
 def time_fn(fn, *args, warmup: int = 2, repeats: int = 5, device=None) -> float:
-    """Median wall-clock seconds of fn(*args), after warm-up calls, synchronizing the device."""
+    """Median wall-clock seconds of fn(*args), after warm-up calls, synchronizing the
+    device."""
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}")
+        raise ValueError(
+            f"need warmup >= 0 and repeats >= 1, got {warmup} and {repeats}"
+        )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for _ in range(warmup):
         fn(*args)
@@ -101,7 +111,8 @@ if triton is not None:
 if triton is not None:
     @triton.jit
     def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        """One program: out[i] = x[i] + y[i] for the BLOCK indices i of block number program_id(0)."""
+        """One program: out[i] = x[i] + y[i] for the BLOCK indices i of block number
+        program_id(0)."""
         pid = tl.program_id(0)
         offsets = pid * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n  # the last block runs past the end: switch those lanes off
@@ -111,14 +122,18 @@ if triton is not None:
 
 
 def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """x + y computed by add_kernel: ceil(n / block) programs of `block` elements each."""
+    """x + y by add_kernel: ceil(n / block) programs of `block` elements each."""
     if triton is None:
         raise RuntimeError("Triton is not available on this machine (it needs Linux)")
     if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(f"x and y must match, got {tuple(x.shape)} {x.dtype} on {x.device} "
-                         f"and {tuple(y.shape)} {y.dtype} on {y.device}")
+        raise ValueError(
+            f"x and y must match, got {tuple(x.shape)} {x.dtype} on {x.device} "
+            f"and {tuple(y.shape)} {y.dtype} on {y.device}"
+        )
     if not (x.is_contiguous() and y.is_contiguous()):
-        raise ValueError("x and y must be contiguous: the kernel walks their memory in order")
+        raise ValueError(
+            "x and y must be contiguous: the kernel walks their memory in order"
+        )
     out = torch.empty_like(x)
     n = x.numel()
     grid = (triton.cdiv(n, block),)
@@ -127,7 +142,8 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Ten
 
 
 def free_port() -> int:
-    """A TCP port nobody is listening on right now (the OS picks it when we bind to port 0)."""
+    """A TCP port nobody is listening on right now
+    (the OS picks it when we bind to port 0)."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -136,18 +152,24 @@ def free_port() -> int:
 
 
 def allreduce_worker(rank: int, world_size: int, port: int, results) -> None:
-    """Run by each spawned process: join the group, all_reduce a tensor, report what came back.
+    """Run by each spawned process: join the group, all_reduce a tensor, report what
+    came back.
 
-    Rank r contributes [r + 1, r + 1, r + 1, r + 1]; after the sum every rank holds
-    1 + 2 + ... + world_size in every entry. Results go to `results` (a queue) as (rank, list).
+    Rank r contributes [r + 1, r + 1, r + 1, r + 1]; after the sum every rank holds 1 +
+    2 + ... + world_size in every entry. Results go to `results` (a queue) as
+    (rank, list).
     """
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= world_size
     if use_nccl:
         torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if use_nccl else "gloo", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "nccl" if use_nccl else "gloo", rank=rank, world_size=world_size
+    )
     try:
-        t = torch.full((4,), float(rank + 1), device=f"cuda:{rank}" if use_nccl else "cpu")
+        t = torch.full(
+            (4,), float(rank + 1), device=f"cuda:{rank}" if use_nccl else "cpu"
+        )
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         results.put((rank, dist.get_backend(), t.cpu().tolist()))
     finally:
@@ -155,19 +177,27 @@ def allreduce_worker(rank: int, world_size: int, port: int, results) -> None:
 
 
 def run_allreduce(world_size: int = 2) -> list:
-    """Spawn world_size processes running allreduce_worker; return their reports sorted by rank."""
+    """Spawn world_size processes running allreduce_worker; return their reports sorted
+    by rank."""
     import torch.multiprocessing as mp
 
     import sys
 
     results = mp.get_context("spawn").SimpleQueue()
-    # The children need nothing from the parent's __main__ (the worker lives in this module), so
-    # don't let them re-run it: in a notebook, Triton's interpreter copies its own __file__ into
+    # The children need nothing from the parent's __main__ (the worker lives in this
+    # module), so
+    # don't let them re-run it: in a notebook, Triton's interpreter copies its own
+    # __file__ into
     # the kernels' globals, and a child would try to run that file as its main program.
     main = sys.modules.get("__main__")
     hidden = vars(main).pop("__file__", None) if main is not None else None
     try:
-        mp.spawn(allreduce_worker, args=(world_size, free_port(), results), nprocs=world_size, join=True)
+        mp.spawn(
+            allreduce_worker,
+            args=(world_size, free_port(), results),
+            nprocs=world_size,
+            join=True,
+        )
     finally:
         if hidden is not None:
             main.__file__ = hidden
@@ -175,7 +205,8 @@ def run_allreduce(world_size: int = 2) -> list:
 
 
 def matmul_time_estimate(m: int, n: int, k: int, peak_flops: float) -> float:
-    """Seconds [m, k] @ [k, n] takes when the chip runs at peak_flops FLOP/s (a lower bound)."""
+    """Seconds [m, k] @ [k, n] takes when the chip runs at peak_flops FLOP/s
+    (a lower bound)."""
     if peak_flops <= 0:
         raise ValueError(f"peak_flops must be positive, got {peak_flops}")
     return 2 * m * n * k / peak_flops

@@ -115,6 +115,13 @@ def rope_cos_twice(x, positions_):
     return torch.stack((x1 * c - x2 * c, x1 * c + x2 * c), dim=-1).flatten(-2).to(x.dtype)
 
 
+def rope_no_odd_check(x, positions_):
+    """Right for even d; for odd d returns x unchanged instead of raising ValueError."""
+    if x.shape[-1] % 2:
+        return x.clone()
+    return _rope(x, positions_)
+
+
 def rope_in_place(x, positions_):
     x.copy_(_rope(x, positions_))
     return x
@@ -174,6 +181,9 @@ EXERCISES = {
             (rope_returns_float32, "the result must keep x's dtype"),
             (rope_cos_twice, "a rotation keeps the length of every pair"),
             (rope_in_place, "changed x in place"),
+            # arguments described by shape, never printed whole (issue 10, erratum 12)
+            (rope_no_odd_check, "rope_no_odd_check(tensor of shape [3, 5] (float32), tensor of "
+                                "shape [3] (int64)) returned a result; it should raise ValueError"),
         ],
     ),
     "shift_matrix": Exercise(

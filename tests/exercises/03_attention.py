@@ -57,10 +57,23 @@ def _returns_weights(q, k, v, mask=None):
     return torch.softmax(scores, -1)
 
 
+def _sdpa_in_float32(q, k, v, mask=None):
+    """Right values, but computed and returned in float32 whatever the inputs' dtype."""
+    return _sdpa(_sqrt_dk)(q.float(), k.float(), v.float(), mask)
+
+
+def _weights_in_float32(q, k, mask=None):
+    return _weights(lambda q: math.sqrt(q.shape[-1]))(q.float(), k.float(), mask)
+
+
 SDPA_WRONG = [
     (_sdpa(lambda q, k, v: 1.0), "you did not scale the scores"),
     (_sdpa(lambda q, k, v: q.shape[-1]), "you scaled by d_k = 16 instead of sqrt(d_k)"),
-    (_sdpa(lambda q, k, v: math.sqrt(v.shape[-1])), "you scaled by sqrt(d_v)"),
+    (_sdpa(lambda q, k, v: math.sqrt(v.shape[-1])), "you scaled by sqrt(d_v) = sqrt(9)"),
+    # the number of keys: equal to d_v when v = identity, so the probe pads v with zero columns
+    (_sdpa(lambda q, k, v: math.sqrt(k.shape[-2])), "you scaled by sqrt(n_k) = sqrt(6)"),
+    (_sdpa(lambda q, k, v: math.sqrt(q.shape[-2])), "you scaled by sqrt(n_q) = sqrt(5)"),
+    (_sdpa(lambda q, k, v: q.shape[-1] ** 0.25), "you scaled by d_k ** 0.25 = 2.00"),
     (_sdpa(lambda q, k, v: math.sqrt(8 * q.shape[-1])), "expected sqrt(d_k) = sqrt(16) = 4"),  # sqrt(d_model)
     (_sdpa(_sqrt_dk, dim=-2), "rows of your attention weights sum to"),
     (_sdpa(_sqrt_dk, mask_mode="after"), "set masked scores to -inf before the softmax"),
@@ -70,6 +83,7 @@ SDPA_WRONG = [
     (_inplace_scale, "changed its input q in place"),
     (_index_assign_mask, "mask=tensor of shape [7, 4] (bool)) raised"),
     (_returns_weights, "has shape [2, 3, 5], expected [2, 3, 6]"),
+    (_sdpa_in_float32, "returned torch.float32: keep the inputs' dtype torch.float64"),
 ]
 
 
@@ -122,8 +136,28 @@ def _weights(scale, dim=-1, masked="before"):
     return attention_weights
 
 
+def _weights_nk(q, k, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-2])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _weights_inplace(q, k, mask=None):
+    q /= math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
 WEIGHTS_WRONG = [
     (_weights(lambda q: 1.0), "you did not scale the scores"),
+    (_weights(lambda q: q.shape[-1] ** 0.25), "you scaled by d_k ** 0.25 = 2.00"),
+    (_weights(lambda q: math.sqrt(q.shape[-2])), "you scaled by sqrt(n_q) = sqrt(5)"),
+    (_weights_nk, "you scaled by sqrt(n_k) = sqrt(6), the number of keys"),
+    (_weights_inplace, "changed its input q in place"),
+    (_weights_in_float32, "returned torch.float32: keep the inputs' dtype torch.float64"),
     (_weights(lambda q: math.sqrt(q.shape[-1]), dim=-2), "*columns* sum to 1: the softmax ran over the queries"),
     (_weights(lambda q: math.sqrt(q.shape[-1]), masked="after"), "zeroed after the softmax"),
     (_weights(lambda q: math.sqrt(q.shape[-1]), masked="never"), "a masked key got weight"),

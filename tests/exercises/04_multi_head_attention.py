@@ -184,6 +184,11 @@ FLOPS_WRONG = [
     (_flops(lambda B, nq, nk, D: 8 * B * nq * D * D, _att), "not of the n_q = 5 queries"),
     (_flops(_proj, lambda B, nq, nk, D, d, H: 2 * B * nq * nk * D), "two matmuls per head"),
     (lambda batch, n_q, n_k, d_model, n_heads: float(_proj(batch, n_q, n_k, d_model)) + 0.5, "should return an int"),
+    # right count, wrong type: d_head = d_model / n_heads makes a float (the docstring says int)
+    (lambda batch, n_q, n_k, d_model, n_heads: multihead.mha_flops(batch, n_q, n_k, d_model, n_heads) * 1.0,
+     "got float 29056.0: multiply ints, and use // rather than /"),
+    (lambda batch, n_q, n_k, d_model, n_heads: torch.tensor(multihead.mha_flops(batch, n_q, n_k, d_model, n_heads)),
+     "got Tensor tensor of shape [] (int64)"),
 ]
 
 

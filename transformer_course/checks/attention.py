@@ -82,8 +82,10 @@ def _fitted_scale(weights: torch.Tensor, raw: torch.Tensor) -> float | None:
 def _diagnose_weights(w, q, k, mask, who: str, how: str, d_v: int | None = None) -> None:
     """Name the mistake behind wrong attention weights w (shape [n_q, n_k]) for q, k, mask.
 
-    ``how`` says how the weights were obtained, for the messages."""
-    d_k = q.shape[-1]
+    ``how`` says how the weights were obtained, for the messages. The callers choose sizes so
+    that no two candidate scales coincide (d_k = 16, n_q = 5, n_k = 6, d_v = 9): sqrt of each
+    is a different number, and so is d_k ** 0.25 = 2."""
+    d_k, n_q, n_k = q.shape[-1], q.shape[-2], k.shape[-2]
     raw = q.double() @ k.double().transpose(-2, -1)
     want = torch.softmax((raw / math.sqrt(d_k)).masked_fill(~mask, float("-inf")) if mask is not None
                          else raw / math.sqrt(d_k), dim=-1)
@@ -137,6 +139,8 @@ def _diagnose_weights(w, q, k, mask, who: str, how: str, d_v: int | None = None)
                  d_k ** 0.25: f"by d_k ** 0.25 = {d_k ** 0.25:.2f}"}
         if d_v is not None and d_v != d_k:
             named[math.sqrt(d_v)] = f"by sqrt(d_v) = sqrt({d_v}), the value dimension"
+        named.setdefault(math.sqrt(n_k), f"by sqrt(n_k) = sqrt({n_k}), the number of keys")
+        named.setdefault(math.sqrt(n_q), f"by sqrt(n_q) = sqrt({n_q}), the number of queries")
         for value, words in named.items():
             if abs(c / value - 1) < 0.02:
                 if value == 1.0:
@@ -171,22 +175,23 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
                      f"compute new tensors instead, the caller still needs {name}")
         n += 1
 
-        # 2. the weights themselves, probed with v = identity (d_k = 16, n_k = d_v = 6)
-        d_k, n_q, n_k = 16, 4, 6
+        # 2. the weights themselves, probed with v = [identity | zeros]: output column j < n_k
+        # is the weight of key j. Sizes where no two candidate scales coincide: d_k = 16,
+        # n_q = 5, n_k = 6, d_v = 9 (sqrt: 4, 2.24, 2.45, 3; d_k ** 0.25 = 2).
+        d_k, n_q, n_k, d_v = 16, 5, 6, 9
         q, k = torch.randn(n_q, d_k), torch.randn(n_k, d_k)
-        eye = torch.eye(n_k)
-        how = "found by passing v = identity, so that your output rows are the weights"
-        w = _call_sdpa(fn, q, k, eye, None)
-        _expect_float_output(w, (n_q, n_k), f"{who}(q {_shape(q)}, k {_shape(k)}, v {_shape(eye)})", SDPA_HINT)
-        _diagnose_weights(w, q, k, None, who, how, d_v=n_k)
-        n += 1
-
-        # 3. the same with a mask that leaves each query some keys and hides others
-        mask = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + 1
-        w = _call_sdpa(fn, q, k, eye, mask)
-        _expect_float_output(w, (n_q, n_k), f"{who}(q {_shape(q)}, k {_shape(k)}, v {_shape(eye)}, mask)", SDPA_HINT)
-        _diagnose_weights(w, q, k, mask, who, how, d_v=n_k)
-        n += 1
+        eye = torch.eye(n_k, d_v)
+        how = ("found by passing v = [identity | zeros], so that your output rows are the "
+               "weights")
+        # 3. (second pass) a mask that leaves each query two or more keys and hides others
+        j, i = torch.arange(n_k)[None, :], torch.arange(n_q)[:, None]
+        for mask in (None, (j <= i + 1) & (j < n_k - 1)):
+            out = _call_sdpa(fn, q, k, eye, mask)
+            what = (f"{who}(q {_shape(q)}, k {_shape(k)}, v {_shape(eye)}"
+                    + (", mask)" if mask is not None else ")"))
+            _expect_float_output(out, (n_q, d_v), what, SDPA_HINT)
+            _diagnose_weights(out[..., :n_k], q, k, mask, who, how, d_v=d_v)
+            n += 1
 
         # 4. the oracle on ordinary and awkward shapes
         B, H = 2, 3
@@ -213,7 +218,20 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
             expect_close(got, want, what, atol=1e-5, rtol=1e-4,
                          hint="The oracle is F.scaled_dot_product_attention(q, k, v, attn_mask=mask)")
             n += 1
+
+        # 5. the dtype is kept: float64 in, float64 out
+        q, k, v = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(3))
+        got = _call_sdpa(fn, q, k, v, None)
+        _expect_same_dtype(got, q, (2, 3, 4), f"{who}(q, k, v of shape [2, 3, 4], float64)")
+        n += 1
     passed(fn, n)
+
+
+def _expect_same_dtype(got, q, shape, what):
+    _expect_float_output(got, shape, what, SDPA_HINT)
+    if got.dtype != q.dtype:
+        fail(f"{what} returned {got.dtype}: keep the inputs' dtype {q.dtype} (no .float(), "
+             f"no tensors made in float32 on the way)")
 
 
 # --- the weights alone (an exercise at the end of the chapter) ---------------------------------
@@ -223,11 +241,16 @@ def check_attention_weights(fn, seed: int = 0) -> None:
     who = name_of(fn)
     n = 0
     with seeded(seed):
-        d_k, n_q, n_k = 16, 4, 6
+        d_k, n_q, n_k = 16, 5, 6          # no two candidate scales coincide (see above)
         q, k = torch.randn(n_q, d_k), torch.randn(n_k, d_k)
         how = f"{who}(q {_shape(q)}, k {_shape(k)})"
         hint = "q [..., n_q, d_k] and k [..., n_k, d_k] give weights of shape [..., n_q, n_k]"
+        saved = (q.clone(), k.clone())
         w = call(fn, q, k)
+        for name, t, before in zip("qk", (q, k), saved):
+            if not torch.equal(t, before):
+                fail(f"{who} changed its input {name} in place (an in-place op such as "
+                     f"`{name} /= ...`); compute new tensors instead, the caller still needs {name}")
         _expect_float_output(w, (n_q, n_k), how, hint)
         _diagnose_weights(w, q, k, None, who, how)
         n += 1
@@ -251,6 +274,10 @@ def check_attention_weights(fn, seed: int = 0) -> None:
             expect_close(got, want, what, hint="The weights must be softmax(q k^T / sqrt(d_k)) with masked "
                                                "scores set to -inf, over the last dimension")
             n += 1
+        q, k = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(2))
+        got = call(fn, q, k)
+        _expect_same_dtype(got, q, (2, 3, 3), f"{who}(q, k of shape [2, 3, 4], float64)")
+        n += 1
     passed(fn, n)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CheckFailed, call, expect_close, expect_tensor, fail, name_of, passed, seeded
+from . import CheckFailed, call, describe, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = [
     "check_split_heads",
@@ -480,12 +480,12 @@ def check_mha_flops(fn, seed: int = 0) -> None:
     for B, n_q, n_k, D, H in cases:
         what = f"{who}(batch={B}, n_q={n_q}, n_k={n_k}, d_model={D}, n_heads={H})"
         got = call(fn, B, n_q, n_k, D, H)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
+        # the docstring promises an int, as matmul_flops in chapter 00: no tensors, no floats
         if not isinstance(got, int) or isinstance(got, bool):
-            fail(f"{what} should return an int (a count of floating-point operations), got {got!r}")
+            shown = describe(got) if isinstance(got, torch.Tensor) else repr(got)
+            fail(f"{what} should return an int (a count of floating-point operations), got "
+                 f"{type(got).__name__} {shown}: multiply ints, and use // rather than / for "
+                 f"d_head = d_model // n_heads")
         want = _counted_flops(B, n_q, n_k, D, H)
         if got == want:
             continue

@@ -15,6 +15,7 @@ from . import (
     NotImplementedYet,
     approx,
     call,
+    describe,
     expect_close,
     expect_dtype,
     expect_shape,
@@ -76,7 +77,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float = 0.0
 
 
 def _expect_value_error(fn, args, why: str) -> None:
-    shown = ", ".join(map(str, args))
+    shown = ", ".join(describe(a) for a in args)   # tensors by shape, never by value
     try:
         fn(*args)
     except ValueError:
