@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--gammas", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--note", default="", help="conditions of the run, kept in the CSV (e.g. other load)")
     ap.add_argument("--out", default=None, help="CSV path (default benchmarks/results/speculative_<device>.csv)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -77,7 +78,7 @@ def main(argv=None):
 
     base = timed(plain, args.repeats, device)
     common = dict(hardware=hardware(device), date=datetime.date.today().isoformat(), dtype="float32",
-                  torch=torch.__version__, device=device.type)
+                  torch=torch.__version__, device=device.type, note=args.note)
     rows = [dict(common, gamma=0, tokens_per_s=round(n_tokens / base, 1), speedup=1.0,
                  tokens_per_call=1.0, c=round(c, 3))]
     for gamma in args.gammas:
