@@ -159,11 +159,12 @@ def _llama(n_layers=80, n_kv_heads=8, d_head=128):
 
 
 LLAMA_WRONG = [
-    (_llama(n_kv_heads=64), "you used the 64 query heads"),
-    (_llama(d_head=1024), "d_head is the width of one head"),
-    (_llama(n_kv_heads=1, d_head=8192), "d_model = 8192 is the width of all 64 query heads"),
+    (_llama(n_kv_heads=64), "the cache holds the 8 K/V heads of 128"),
+    (_llama(n_kv_heads=1, d_head=8192), "(the 64 query heads, or d_model)"),
     (lambda seq_len, batch, bytes_per_element=2: 80 * 8 * 128 * seq_len * batch * bytes_per_element,
      "you dropped the factor 2"),
+    (lambda seq_len, batch, bytes_per_element=2: kv_cache.kv_cache_bytes(
+        80, 8, 128, seq_len, batch, bytes_per_element) / 1e9, "expected an int"),
 ]
 
 

@@ -321,14 +321,9 @@ def check_llama2_70b_kv_cache_bytes(fn, seed: int = 0) -> None:
         if got == want:
             continue
         hints = [(_formula(80, 64, 128, seq_len, batch, b),
-                  "you used the 64 query heads; the cache holds the 8 key/value heads "
-                  "(n_kv_heads = 8: grouped-query attention shares each K/V head among 8 query heads)"),
-                 (_formula(80, 8, 1024, seq_len, batch, b),
-                  "d_head is the width of one head, d_model / n_heads = 8192 / 64 = 128, not "
-                  "d_model / n_kv_heads"),
-                 (_formula(80, 1, 8192, seq_len, batch, b),
-                  "d_model = 8192 is the width of all 64 query heads; the cache holds 8 K/V heads "
-                  "of 128"),
+                  "you cached 64 x 128 = 8192 numbers per layer and token for the keys (the 64 "
+                  "query heads, or d_model); the cache holds the 8 K/V heads of 128 (n_kv_heads = "
+                  "8: grouped-query attention shares each K/V head among 8 query heads)"),
                  (want // 2, "you dropped the factor 2: keys AND values")]
         for value, hint in hints:
             if got == value:
