@@ -131,10 +131,15 @@ def check_label_smoothed_cross_entropy(fn, seed: int = 0) -> None:
                      "which is stable")
             fail(f"label_smoothed_cross_entropy({what}) is {value}, expected {approx(want)}")
         if not _close(value, want, rel=1e-4, abs_=1e-5):
-            for name, alt in _ls_variants(logits, targets, eps, ignore).items():
-                if _close(value, alt.item(), rel=1e-4, abs_=1e-5) and not _close(alt.item(), want, 1e-4, 1e-5):
-                    fail(f"label_smoothed_cross_entropy({what}): got {approx(value)}, expected "
-                         f"{approx(want)}: {_LS_WORDS[name]}")
+            named = [name for name, alt in _ls_variants(logits, targets, eps, ignore).items()
+                     if _close(value, alt.item(), rel=1e-4, abs_=1e-5)
+                     and not _close(alt.item(), want, 1e-4, 1e-5)]
+            head = f"label_smoothed_cross_entropy({what}): got {approx(value)}, expected {approx(want)}"
+            if len(named) == 1:
+                fail(f"{head}: {_LS_WORDS[named[0]]}")
+            if named:           # test values where two mistakes coincide: say so, name both
+                fail(f"{head}. Each of these mistakes gives exactly your value: "
+                     + " Or: ".join(f"({i + 1}) {_LS_WORDS[n]}." for i, n in enumerate(named)))
             fail(f"label_smoothed_cross_entropy({what}) is {approx(value)}, expected {approx(want)} "
                  f"(F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), label_smoothing={eps}, "
                  f"ignore_index={ignore}))")
