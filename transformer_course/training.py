@@ -1,7 +1,7 @@
 """Generated from solutions/08_training.ipynb by `bash tasks.sh sync`: edit the notebook, not this file."""
 
-# Training: the tokenizer and data of chapter 08's two tasks, the loss, the learning-rate
-# schedule, the training loop, and the checkpoints that later chapters load.
+# Training: the tokenizer and data of chapter 08's two tasks, the loss, the schedule,
+# the training loop, and the checkpoints that later chapters load.
 import datetime
 import hashlib
 import json
@@ -228,9 +228,10 @@ def lr_at(
         return max_lr * step / warmup_steps
     if step >= max_steps:
         return min_lr
+    # 0 -> 1 over the decay
     progress = (step - warmup_steps) / (
         max_steps - warmup_steps
-    )  # 0 -> 1 over the decay
+    )
     return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
