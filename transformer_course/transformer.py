@@ -88,12 +88,18 @@ class Embedding(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False)
+        # std 1/sqrt(d_model), as the paper's table shared with the output layer: times
+        # sqrt(d_model) the token entries have size ~1, like the positions they are added to
+        # (nn.Embedding's N(0, 1) would make them sqrt(d_model) times larger).
+        nn.init.normal_(self.tok.weight, std=cfg.d_model**-0.5)
+        self.register_buffer("pos", sinusoidal_positions(cfg.max_len, cfg.d_model),
+                             persistent=False)
         self.drop, self.scale = nn.Dropout(cfg.dropout), math.sqrt(cfg.d_model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[-1] > self.pos.shape[0]:
-            raise ValueError(f"sequence of length {ids.shape[-1]} is longer than max_len = {self.pos.shape[0]}")
+            raise ValueError(f"sequence of length {ids.shape[-1]} is longer than "
+                             f"max_len = {self.pos.shape[0]}")
         return self.drop(self.tok(ids) * self.scale + self.pos[: ids.shape[-1]])
 
 

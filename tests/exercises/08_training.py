@@ -76,6 +76,10 @@ def _schedule(warmup="ok", decay="cosine", start="warmup", floor=True):
                 return max_lr * (step + 1) / warmup_steps
             if warmup == "plus one":
                 return max_lr * (step + 1) / (warmup_steps + 1)
+            if warmup == "from min_lr":
+                return min_lr + (max_lr - min_lr) * step / warmup_steps
+            if warmup == "none":
+                return max_lr
             return max_lr * step / warmup_steps
         if floor and step >= max_steps:
             return min_lr
@@ -91,19 +95,21 @@ def _schedule(warmup="ok", decay="cosine", start="warmup", floor=True):
 
 
 def _lr_torch(step, warmup_steps, max_steps, max_lr, min_lr):
-    """Returns a tensor, which the check accepts, but forgets the warmup."""
-    return torch.tensor(_schedule()(step, 0, max_steps, max_lr, min_lr) if step >= warmup_steps else max_lr)
+    """Right values, but a 0-dim tensor where the docstring asks for a float."""
+    return torch.tensor(_schedule()(step, warmup_steps, max_steps, max_lr, min_lr))
 
 
 LR_WRONG = [
     (_schedule(start="zero"), "your decay starts at step 0"),
     (_schedule(decay="linear"), "your decay is linear"),
     (_schedule(warmup="ahead"), "your warmup is one step ahead"),
-    (_schedule(warmup="plus one"), "expected 0: the warmup starts from 0"),
+    (_schedule(warmup="plus one"), "your warmup is (step + 1) / (warmup_steps + 1)"),
+    (_schedule(warmup="from min_lr"), "your warmup starts at min_lr"),
+    (_schedule(warmup="none"), "the warmup is missing"),
     (_schedule(floor=False), "yours climbs back"),
     (_schedule(decay="to zero"), "your cosine decays to 0 instead of min_lr"),
     (_schedule(decay="offset"), "max_lr + min_lr"),
-    (_lr_torch, "the warmup is missing"),
+    (_lr_torch, "returned a tensor; return a Python float"),
 ]
 
 
@@ -140,6 +146,8 @@ def _clip(kind):
             return torch.stack([g.norm() for g in grads]).norm()
         if kind == "squared":
             return norm ** 2
+        if kind == "float":
+            return norm.item()
         return norm
     return clip_grad_norm
 
@@ -162,6 +170,7 @@ CLIP_WRONG = [
     (_clip("rebind"), "the gradients did not change"),
     (_clip("generator twice"), "model.parameters() can be iterated only once"),
     (_clip_none, "raised AttributeError"),
+    (_clip("float"), "return the global norm as a 0-dim tensor"),
 ]
 
 
@@ -181,11 +190,19 @@ def _acc(kind):
     return token_accuracy
 
 
+def _acc_in_place(logits, labels, ignore_index=-100):
+    """Right value, but overwrites the caller's ignored labels."""
+    keep = labels != ignore_index
+    labels[~keep] = -1
+    return (logits.argmax(-1) == labels).sum().item() / keep.sum().item()
+
+
 ACC_WRONG = [
     (_acc("tensor"), "return a Python float"),
     (_acc("count"), "a fraction lies in [0, 1]"),
     (_acc("all positions"), "the ignored positions count in your denominator"),
     (_acc("hardcoded -100"), "rather than those equal to the ignore_index"),
+    (_acc_in_place, "changed its input in place"),
 ]
 
 

@@ -122,12 +122,23 @@ def _top_p(drop_crossing=False, ascending=False, unsort=True, use_logits=False, 
     return top_p_filter
 
 
+def _top_p_in_place(logits, p):
+    """Right nucleus, but written into the caller's logits (masked_fill_)."""
+    if p >= 1:
+        return logits
+    s, order = logits.sort(dim=-1, descending=True)
+    probs = s.softmax(-1)
+    drop_sorted = probs.cumsum(-1) - probs >= p
+    return logits.masked_fill_(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+
+
 TOP_P_WRONG = [
     (_top_p(drop_crossing=True), "you dropped the token that crosses p"),
     (_top_p(ascending=True), "you kept the *least* probable tokens"),
     (_top_p(unsort=False), "map the mask from sorted order back to the vocabulary order"),
     (_top_p(use_logits=True), "you summed the logits"),
     (_top_p(special_one=False), "treat p >= 1 as 'keep all'"),
+    (_top_p_in_place, "changed the logits in place"),
 ]
 
 
@@ -181,7 +192,7 @@ BEAM_WRONG = [
     (_beam(norm="with_prompt"), "you counted the prompt in the length"),
     (_beam(alive="raw"), "the hypotheses that reached max_new_tokens were not length-normalized"),
     (_beam(stop_at_eos=False), "a hypothesis went on after eos_id"),
-    (_beam_1d, "expected [1, T + L]"),
+    (_beam_1d, "expected [1, N + L]"),
 ]
 
 
@@ -194,10 +205,16 @@ def _min_p(rule):
     return min_p_filter
 
 
+def _min_p_in_place(logits, min_p):
+    probs = logits.softmax(-1)
+    return logits.masked_fill_(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
+
+
 MIN_P_WRONG = [
     (_min_p(lambda l, p, m: p >= m), "the threshold scales with the top probability"),
     (_min_p(lambda l, p, m: l >= m * l.amax(-1, keepdim=True)), "you compared logits with min_p"),
     (_min_p(lambda l, p, m: p > m * p.amax(-1, keepdim=True)), "you removed every token"),
+    (_min_p_in_place, "changed the logits in place"),
 ]
 
 
@@ -222,10 +239,18 @@ def _rep_all_rows(logits, prev_ids, penalty):
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+def _rep_in_place(logits, prev_ids, penalty):
+    """Right values, but written into the caller's logits."""
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, prev_ids, True)
+    logits[seen] = torch.where(logits[seen] > 0, logits[seen] / penalty, logits[seen] * penalty)
+    return logits
+
+
 REP_WRONG = [
     (_rep_divide_all, "Dividing a negative logit by the penalty makes it *larger*"),
     (_rep_counts, "the penalty applies once per distinct token"),
     (_rep_all_rows, "penalize each row by its own tokens"),
+    (_rep_in_place, "changed the logits in place"),
 ]
 
 

@@ -12,9 +12,13 @@ The helpers below are the vocabulary the topic modules are written in.
 
 from __future__ import annotations
 
+import linecache
 import math
+import os
 import sys
+import sysconfig
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -40,14 +44,62 @@ def name_of(fn: Callable) -> str:
 
 
 def describe(x: Any) -> str:
-    """A short description of an argument, for messages: tensors by shape and dtype."""
+    """A short description of an argument, for messages: what it is, never its contents.
+
+    Tensors by shape and dtype, modules by class and parameter count, functions and classes by
+    name, long sequences by length; anything else whose repr is long or an address by its type."""
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')})"
+    if isinstance(x, torch.nn.Module):
+        n = sum(p.numel() for p in x.parameters())
+        return f"{type(x).__name__} (nn.Module, {n:,} parameters)"
+    if isinstance(x, type):
+        return f"class {x.__name__}"
+    if callable(x) and hasattr(x, "__name__"):
+        return f"function {x.__name__}"
     if isinstance(x, str):
         return repr(x if len(x) <= 30 else x[:27] + "...")
-    if isinstance(x, (list, tuple)) and len(x) > 6:
-        return f"{type(x).__name__} of length {len(x)}"
-    return repr(x)
+    if isinstance(x, (list, tuple)):
+        if len(x) > 6:
+            return f"{type(x).__name__} of length {len(x)}"
+        inner = ", ".join(describe(v) for v in x)
+        return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' * (len(x) == 1)})"
+    if isinstance(x, (bool, int, float, complex, type(None), torch.dtype, torch.device)):
+        return repr(x)
+    shown = repr(x)
+    if len(shown) > 60 or " at 0x" in shown:
+        return f"a {type(x).__name__} object"
+    return shown
+
+
+# PyTorch and other installed packages, the standard library, and this course's own package
+_NOT_LEARNERS = tuple({str(Path(p).resolve()) + os.sep for p in (
+    *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+    Path(torch.__file__).parent, Path(__file__).parents[1])})
+
+
+def _learners_line(tb) -> str:
+    """'at <where>: <source line>' for the innermost frame of the learner's own code, else ''.
+
+    The learner's code is whatever is not PyTorch, the standard library or this course's package:
+    a notebook cell ("Cell In[12], line 4", as IPython names it) or a file of their own."""
+    where = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        real = filename if filename.startswith("<") else str(Path(filename).resolve())
+        if not real.startswith(_NOT_LEARNERS) and not real.startswith("<frozen"):
+            where = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    if where is None:
+        return ""
+    filename, lineno = where
+    place = f"{filename}, line {lineno}"
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    named = getattr(getattr(shell, "compile", None), "format_code_name", lambda _: None)(filename)
+    if named:
+        place = f"{named[0]} {named[1]}, line {lineno}"
+    text = linecache.getline(filename, lineno).strip()
+    return f"\n  at {place}" + (f":  {text}" if text else "")
 
 
 def call(fn: Callable, *args, **kwargs):
@@ -66,10 +118,10 @@ def call(fn: Callable, *args, **kwargs):
         ) from None
     except CheckFailed:
         raise
-    except Exception as e:  # the learner's bug, reported with the inputs that triggered it
+    except Exception as e:  # the learner's bug, reported with the inputs and the line that failed
         shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
         raise CheckFailed(
-            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}"
+            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{_learners_line(e.__traceback__)}"
         ) from e
     finally:
         sys.audit("transformer_course.checks.call", "end")

@@ -32,7 +32,7 @@ __all__ = [
 # --- a toy language model ----------------------------------------------------------------------
 
 class PrefixHashLM:
-    """A toy language model: ids [B, T] (int64) -> float64 logits [B, T, V] for every position.
+    """A toy language model: ids [B, N] (int64) -> float64 logits [B, N, V] for every position.
 
     The logits at position t are a random row chosen by a hash of ids[:, :t+1], the whole prefix,
     plus a random offset per row (so raw logits are not log-probabilities). ``eos_bias`` raises
@@ -53,10 +53,10 @@ class PrefixHashLM:
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if (not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point()
                 or ids.dtype == torch.bool):
-            fail(f"the model takes token ids as an integer tensor of shape [B, T], but was called with "
+            fail(f"the model takes token ids as an integer tensor of shape [B, N], but was called with "
                  f"{describe(ids)}")
         if ids.shape[1] == 0:
-            fail("the model was called with an empty sequence (T = 0): it needs at least the prompt")
+            fail("the model was called with an empty sequence (N = 0): it needs at least the prompt")
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
             fail(f"the model was called with a token id outside [0, {self.vocab_size}): "
                  f"{ids.min().item()}..{ids.max().item()}")
@@ -113,8 +113,8 @@ def _expect_ids(got, shape, what, hint=""):
         fail(f"{what} has dtype {got.dtype}, expected token ids (torch.int64, as argmax gives)")
 
 
-GREEDY_SHAPE = ("greedy_decode returns the prompt followed by the new tokens: prompt_ids [B, T] -> "
-                "[B, T + max_new_tokens]")
+GREEDY_SHAPE = ("greedy_decode returns the prompt followed by the new tokens: prompt_ids [B, N] -> "
+                "[B, N + max_new_tokens]")
 
 
 def check_greedy_decode(fn, seed: int = 0) -> None:
@@ -384,7 +384,7 @@ def _exhaustive(model, prompt, n, alpha=1.0, eos_id=None):
     """The best continuation over all V^n, each scored in one forward pass (teacher forcing).
 
     A continuation ends at its first eos_id (length L includes it) or after n tokens; its score is
-    (sum of the L log-probabilities) / L ** alpha. Returns (ids [1, T + L], score)."""
+    (sum of the L log-probabilities) / L ** alpha. Returns (ids [1, N + L], score)."""
     V, T = model.vocab_size, prompt.shape[1]
     conts = torch.cartesian_prod(*[torch.arange(V)] * n) if n > 1 else torch.arange(V)[:, None]
     full = torch.cat([prompt.expand(len(conts), -1), conts], dim=1)
@@ -475,8 +475,8 @@ def _compare_beam(got, model, prompt, width, n, alpha, eos_id, what, want=None, 
         want = _ref_beam(model, prompt, width, n, alpha, eos_id)
     expect_tensor(got, what)
     if got.dim() != 2 or got.shape[0] != 1 or not (T < got.shape[1] <= T + n):
-        fail(f"{what} has shape {list(got.shape)}, expected [1, T + L] with 1 <= L <= max_new_tokens = {n} "
-             f"(T = {T}): the prompt and the best hypothesis's new tokens")
+        fail(f"{what} has shape {list(got.shape)}, expected [1, N + L] with 1 <= L <= max_new_tokens = {n} "
+             f"(N = {T}): the prompt and the best hypothesis's new tokens")
     if got.is_floating_point() or got.dtype == torch.bool:
         fail(f"{what} has dtype {got.dtype}, expected token ids (torch.int64)")
     got = got.cpu()

@@ -131,10 +131,15 @@ def check_label_smoothed_cross_entropy(fn, seed: int = 0) -> None:
                      "which is stable")
             fail(f"label_smoothed_cross_entropy({what}) is {value}, expected {approx(want)}")
         if not _close(value, want, rel=1e-4, abs_=1e-5):
-            for name, alt in _ls_variants(logits, targets, eps, ignore).items():
-                if _close(value, alt.item(), rel=1e-4, abs_=1e-5) and not _close(alt.item(), want, 1e-4, 1e-5):
-                    fail(f"label_smoothed_cross_entropy({what}): got {approx(value)}, expected "
-                         f"{approx(want)}: {_LS_WORDS[name]}")
+            named = [name for name, alt in _ls_variants(logits, targets, eps, ignore).items()
+                     if _close(value, alt.item(), rel=1e-4, abs_=1e-5)
+                     and not _close(alt.item(), want, 1e-4, 1e-5)]
+            head = f"label_smoothed_cross_entropy({what}): got {approx(value)}, expected {approx(want)}"
+            if len(named) == 1:
+                fail(f"{head}: {_LS_WORDS[named[0]]}")
+            if named:           # test values where two mistakes coincide: say so, name both
+                fail(f"{head}. Each of these mistakes gives exactly your value: "
+                     + " Or: ".join(f"({i + 1}) {_LS_WORDS[n]}." for i, n in enumerate(named)))
             fail(f"label_smoothed_cross_entropy({what}) is {approx(value)}, expected {approx(want)} "
                  f"(F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), label_smoothing={eps}, "
                  f"ignore_index={ignore}))")
@@ -167,21 +172,36 @@ def _lr(step, w, m, hi, lo):
 
 def _lr_call(fn, step, w, m, hi, lo):
     got = call(fn, step, w, m, hi, lo)
-    if isinstance(got, torch.Tensor) and got.dim() == 0:
-        got = got.item()
+    if isinstance(got, torch.Tensor):
+        fail(f"lr_at({step}, {w}, {m}, {hi}, {lo}) returned a tensor; return a Python float, as "
+             f"the docstring says (float(x), or x.item() for a tensor)")
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         fail(f"lr_at({step}, {w}, {m}, {hi}, {lo}) returned {type(got).__name__}, expected a float")
     return float(got)
 
 
+def _step0_candidates(w, hi, lo):
+    """lr_at(0) under each diagnosed warmup mistake (w > 0), by name."""
+    out = {"ahead": hi / w, "plus one": hi / (w + 1), "missing": hi}
+    if lo > 0:
+        out["from min_lr"] = lo
+    return out
+
+
 def _lr_configs(seed):
-    configs = [(10, 100, 1e-3, 1e-4), (0, 50, 0.5, 0.05), (4, 20, 1.0, 0.0)]
+    configs = [(10, 100, 1e-3, 2.5e-4), (0, 50, 0.5, 0.05), (4, 20, 1.0, 0.0)]
     with seeded(seed):
         w = int(torch.randint(3, 20, ()).item())
         m = w + int(torch.randint(20, 200, ()).item())
         hi = float(10 ** torch.empty(()).uniform_(-4, -1))
         lo = hi * float(torch.empty(()).uniform_(0.05, 0.3))
+    while any(abs(lo - c) < 0.05 * c for c in (hi / w, hi / (w + 1))):
+        lo *= 1.3                  # keep min_lr apart from the other diagnoses' values
     configs.append((w, m, hi, lo))
+    for w, m, hi, lo in configs:   # no two diagnoses of step 0 may give the same value
+        values = [0.0] + list(_step0_candidates(w, hi, lo).values()) if w else []
+        assert all(abs(a - b) > 1e-3 * max(abs(a), abs(b)) for i, a in enumerate(values)
+                   for b in values[i + 1:]), f"coinciding diagnoses in {(w, m, hi, lo)}"
     return configs
 
 
@@ -196,11 +216,19 @@ def check_lr_at(fn, seed: int = 0) -> None:
         if w > 0:
             got = at(0)
             if not _close(got, 0.0):
-                if _close(got, hi / w):
+                named = [k for k, v in _step0_candidates(w, hi, lo).items() if _close(got, v)]
+                if named == ["ahead"]:
                     fail(f"lr_at(0, ...) is {approx(got)} = max_lr / warmup_steps ({args}): your warmup is one "
                          f"step ahead, (step + 1) / warmup_steps. Step 0 gives 0 and step warmup_steps the "
                          f"full max_lr: max_lr * step / warmup_steps")
-                if _close(got, hi):
+                if named == ["plus one"]:
+                    fail(f"lr_at(0, ...) is {approx(got)} = max_lr / (warmup_steps + 1) ({args}): your warmup "
+                         f"is (step + 1) / (warmup_steps + 1), as in nanoGPT's get_lr. Here step 0 gives 0 "
+                         f"and step warmup_steps the full max_lr: max_lr * step / warmup_steps")
+                if named == ["from min_lr"]:
+                    fail(f"lr_at(0, ...) is min_lr = {approx(got)} ({args}): your warmup starts at min_lr. "
+                         f"It starts from 0: max_lr * step / warmup_steps (min_lr is the floor of the decay)")
+                if named == ["missing"]:
                     fail(f"lr_at(0, ...) is max_lr = {approx(got)} ({args}): the warmup is missing; it rises "
                          f"linearly from 0 at step 0 to max_lr at step warmup_steps")
                 fail(f"lr_at(0, ...) is {approx(got)}, expected 0: the warmup starts from 0 ({args})")
@@ -304,12 +332,15 @@ class _OneShot:
 
 def _norm_value(got, what):
     if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            fail(f"{what} returned a tensor of shape {list(got.shape)}; expected the global norm, one number")
-        return float(got.detach().reshape(()).item())
+        if got.dim() != 0:
+            fail(f"{what} returned a tensor of shape {list(got.shape)}; expected the global norm as a "
+                 f"0-dim tensor, shape []")
+        return float(got.detach().item())
     if isinstance(got, (int, float)) and not isinstance(got, bool):
-        return float(got)
-    fail(f"{what} returned {type(got).__name__}; expected the global norm from before clipping")
+        fail(f"{what} returned a Python {type(got).__name__}; return the global norm as a 0-dim tensor, "
+             f"as the docstring says (and torch.nn.utils.clip_grad_norm_ does)")
+    fail(f"{what} returned {type(got).__name__}; expected the global norm from before clipping, "
+         f"a 0-dim tensor")
 
 
 def check_clip_grad_norm(fn, seed: int = 0) -> None:
@@ -390,6 +421,10 @@ def _acc_cases(seed):
     for _, logits, labels, ignore in cases[:2] + cases[3:]:
         keep = (labels != ignore).flatten().nonzero().flatten()
         labels.view(-1)[keep[::2]] = logits.argmax(-1).view(-1)[keep[::2]]
+    # with ignore_index = 0, one ignored position's argmax is 0: counting it (ignoring -100
+    # instead of 0) then gives another value than counting the ignored positions in the mean
+    logits = cases[3][1]
+    logits[0, 0, 0] = logits[0, 0].max() + 1.0
     return cases
 
 
@@ -398,6 +433,9 @@ def check_token_accuracy(fn, seed: int = 0) -> None:
     for what, logits, labels, ignore in _acc_cases(seed):
         args = (logits.clone(), labels.clone())
         got = call(fn, *args) if ignore == -100 else call(fn, *args, ignore_index=ignore)
+        if not torch.equal(args[0], logits) or not torch.equal(args[1], labels):
+            fail(f"token_accuracy({what}) changed its input in place (the caller's logits or labels); "
+                 f"compute on new tensors, e.g. a boolean mask labels != ignore_index")
         if isinstance(got, torch.Tensor):
             fail(f"token_accuracy({what}) returned a tensor; return a Python float (use .item())")
         if isinstance(got, bool) or not isinstance(got, (int, float)):

@@ -1,0 +1,131 @@
+"""A chapter never depends on your answer to an earlier one: what later chapters load,
+`load_or_train("dates" | "chars", device)`, is trained by the package's code, and chapter 08's
+notebook never writes the course's checkpoints. Fast: tiny recipes, no real training.
+"""
+
+import math
+
+import pytest
+import torch
+
+from transformer_course import training
+from transformer_course.tools.notebooks import EXPORT_RE, SOLUTIONS, read
+from transformer_course.transformer import TransformerConfig
+
+CHAPTER_08 = SOLUTIONS / "08_training.ipynb"
+
+
+def _code_cells(exported: bool) -> list[str]:
+    cells = [c.source for c in read(CHAPTER_08).cells if c.cell_type == "code"]
+    return [s for s in cells if bool(EXPORT_RE.match(s.split("\n", 1)[0])) == exported]
+
+
+def _tiny_dates_recipe():
+    tok = training.CharTokenizer(training.DATE_CHARS)
+    cfg = TransformerConfig(tok.vocab_size, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=64)
+    settings = training.TrainSettings(steps=4, batch_size=4, max_lr=1e-2, min_lr=1e-3,
+                                      warmup_steps=2, label_smoothing=0.1)
+    return tok, cfg, settings
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    """The package's dates recipe shrunk to 4 steps of a tiny model, its cache in tmp_path."""
+    monkeypatch.setenv("TRANSFORMER_COURSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(training, "dates_recipe", _tiny_dates_recipe)
+    monkeypatch.setitem(training.RECIPES, "dates", (_tiny_dates_recipe, training.train_dates))
+    return tmp_path
+
+
+def _notebook_namespace(lr_at):
+    """Chapter 08's exported cells run as a learner's notebook runs them (in __main__), with
+    the learner's own, wrong lr_at in place of the solution's."""
+    ns = {"__name__": "__main__"}
+    for source in _code_cells(exported=True):
+        exec(compile(source, str(CHAPTER_08), "exec"), ns)
+    ns["lr_at"] = lr_at
+    return ns
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_wrong_lr_at_in_the_notebook_cannot_change_what_load_or_train_returns(tiny):
+    calls = []
+
+    def lr_at(step, warmup_steps, max_steps, max_lr, min_lr):   # wrong: always the peak
+        calls.append(step)
+        return max_lr
+
+    ns = _notebook_namespace(lr_at)
+    # the notebook's own training really uses the wrong lr_at ...
+    _, _, history = ns["train_dates"]("cpu", n_steps=2, progress=False)
+    assert calls and history["lr"] == [1e-2, 1e-2], "the notebook should train with its own lr_at"
+    calls.clear()
+    # ... but its load_or_train trains with the package's code, and saves that
+    model, _ = ns["load_or_train"]("dates", "cpu", progress=False)
+    assert calls == [], "load_or_train called the notebook's lr_at"
+    course, _, history = training.train_dates("cpu", progress=False)
+    assert history["lr"][0] == 0.0, "the package's schedule starts its warmup at 0"
+    assert _same_weights(model, course), "load_or_train returned another model than the course's"
+    loaded = training.load_checkpoint(training.checkpoint_path("dates", "cpu"), "cpu")
+    assert loaded is not None and _same_weights(loaded[0], course), "the saved checkpoint differs"
+
+
+def test_chapter_08_never_writes_the_course_checkpoints(tiny):
+    """Run every non-exported cell of chapter 08 that saves or loads a checkpoint, with tiny
+    models in place of the trained ones: the course's checkpoint files must stay absent."""
+    cells = [s for s in _code_cells(exported=False)
+             if any(f in s for f in ("save_checkpoint", "load_checkpoint", "load_or_train",
+                                     "checkpoint_path"))]
+    assert cells, "chapter 08 should save the learner's models (found no such cell)"
+    torch.manual_seed(0)
+    tok, cfg, _ = _tiny_dates_recipe()
+    ns = dict(vars(training))
+    ns.update(dates_model=training.EncoderDecoder(cfg).eval(), date_tok=tok,
+              char_model=training.DecoderOnly(cfg).eval(), char_tok=tok, device="cpu",
+              torch=torch, math=math, print=lambda *a, **k: None)
+    for source in cells:
+        exec(compile(source, str(CHAPTER_08), "exec"), ns)
+    written = sorted(p.relative_to(tiny).as_posix() for p in tiny.rglob("*.pt"))
+    assert written, "the learner's models were saved nowhere"
+    for device in ("cpu", "cuda"):
+        for name in ("dates",):
+            course = training.checkpoint_path(name, device)
+            assert not course.exists(), f"chapter 08 wrote the course's checkpoint {course.name}"
+    assert all(p.startswith("yours/") for p in written), f"unexpected files: {written}"
+
+
+def test_the_checkpoint_key_holds_device_type_and_precision(tiny):
+    cpu, cuda = (training.checkpoint_path("dates", d) for d in ("cpu", "cuda"))
+    assert cpu != cuda and cpu.name.startswith("dates-cpu-") and cuda.name.startswith("dates-cuda-")
+    assert training.precision("cpu") == "fp32" and training.precision("cuda") == "bf16-autocast"
+    assert training.checkpoint_path("dates", "cpu") == cpu, "the key must be deterministic"
+    # a changed recipe is another file
+    def other():
+        tok, cfg, settings = _tiny_dates_recipe()
+        settings.steps = 5
+        return tok, cfg, settings
+    training.RECIPES["dates"] = (other, training.train_dates)
+    assert training.checkpoint_path("dates", "cpu") != cpu
+
+
+def test_load_or_train_loads_without_training_and_retrains_a_broken_file(tiny, monkeypatch):
+    model, _, _ = training.train_dates("cpu", progress=False)
+    path = training.checkpoint_path("dates", "cpu")
+    training.save_checkpoint(path, model, training.CharTokenizer(training.DATE_CHARS))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("load_or_train trained although a checkpoint exists")
+
+    monkeypatch.setitem(training.RECIPES, "dates", (_tiny_dates_recipe, no_training))
+    loaded, tok = training.load_or_train("dates", "cpu")
+    assert _same_weights(loaded, model) and not loaded.training
+    assert isinstance(loaded, training.EncoderDecoder) and tok.chars == training.CharTokenizer(
+        training.DATE_CHARS).chars
+    path.write_bytes(b"truncated")                  # a broken file is retrained and replaced
+    monkeypatch.setitem(training.RECIPES, "dates", (_tiny_dates_recipe, training.train_dates))
+    again, _ = training.load_or_train("dates", "cpu", progress=False)
+    assert _same_weights(again, model)
+    assert training.load_checkpoint(path) is not None
