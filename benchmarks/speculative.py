@@ -6,8 +6,11 @@
 Chapter 13 (speculative sampling) plots the CSV. Target: chapter 08's character model
 (load_or_train("chars")); draft: the chapter's 1-layer model (train_draft). Each run samples
 at temperature 1 from the same prompts of held-out text; timings are the median of --repeats
-runs. `c` is the measured cost of a draft call relative to a target call (one forward pass on a
-prompt-length input, same device). Results go to benchmarks/results/speculative_<device>.csv.
+runs. `c` is the measured cost of the draft relative to the target: the time of plain decoding with
+the draft over that with the target (same variant, same device). Two variants: "recompute"
+(each call runs the model on its whole window; plain = chapter 09's sample) and "cached" (each
+model keeps a KV cache, rewound after rejections: CachedLM; plain = chapter 10's generate_cached).
+Results go to benchmarks/results/speculative_<device>.csv.
 Not run by the tests: timings depend on the machine.
 """
 
@@ -23,7 +26,8 @@ import torch
 
 from common import RESULTS, write_csv
 from transformer_course.decoding import sample
-from transformer_course.speculative import speculative_generate, train_draft, windowed
+from transformer_course.kv_cache import generate_cached
+from transformer_course.speculative import CachedLM, speculative_generate, train_draft, windowed
 from transformer_course.training import char_corpus, load_or_train
 
 
@@ -60,40 +64,46 @@ def main(argv=None):
 
     target_model, _ = load_or_train("chars", device)
     draft_model = train_draft(device, progress=False)
-    target, draft = windowed(target_model), windowed(draft_model)
     _, _, val_ids = char_corpus()
     starts = torch.linspace(0, len(val_ids) - 40, args.prompts).long().tolist()
     prompts = [val_ids[s:s + 16][None].to(device) for s in starts]
     n_tokens = args.new * len(prompts)
 
-    with torch.no_grad():
-        t_target = timed(lambda: [target(p) for p in prompts for _ in range(10)], args.repeats, device)
-        t_draft = timed(lambda: [draft(p) for p in prompts for _ in range(10)], args.repeats, device)
-    c = t_draft / t_target
-
-    def plain():
-        gen = torch.Generator().manual_seed(0)
-        for p in prompts:
-            sample(target, p, args.new, generator=gen if device.type == "cpu" else None)
-
-    base = timed(plain, args.repeats, device)
     common = dict(hardware=hardware(device), date=datetime.date.today().isoformat(), dtype="float32",
                   torch=torch.__version__, device=device.type, note=args.note)
-    rows = [dict(common, gamma=0, tokens_per_s=round(n_tokens / base, 1), speedup=1.0,
-                 tokens_per_call=1.0, c=round(c, 3))]
-    for gamma in args.gammas:
-        stats = {}
-
-        def spec():
-            gen = torch.Generator().manual_seed(0)
+    gen_for = (lambda: torch.Generator().manual_seed(0)) if device.type == "cpu" else (lambda: None)
+    variants = {
+        "recompute": (lambda m: windowed(m),
+                      lambda m, p, g: sample(windowed(m), p, args.new, generator=g)),
+        "cached": (CachedLM,
+                   lambda m, p, g: generate_cached(m, p, args.new, temperature=1.0, generator=g)),
+    }
+    rows = []
+    for variant, (wrap, plain_fn) in variants.items():
+        def plain(model):
+            g = gen_for()
             for p in prompts:
-                speculative_generate(target, draft, p, args.new, gamma=gamma, generator=gen, stats=stats)
+                plain_fn(model, p, g)
 
-        t = timed(spec, args.repeats, device)
-        rows.append(dict(common, gamma=gamma, tokens_per_s=round(n_tokens / t, 1), speedup=round(base / t, 3),
-                         tokens_per_call=round(n_tokens * args.repeats / stats["target_calls"], 3),
-                         c=round(c, 3)))
-        print(rows[-1])
+        base = timed(lambda: plain(target_model), args.repeats, device)
+        c = timed(lambda: plain(draft_model), args.repeats, device) / base
+        rows.append(dict(common, variant=variant, gamma=0, tokens_per_s=round(n_tokens / base, 1),
+                         speedup=1.0, tokens_per_call=1.0, c=round(c, 3)))
+        for gamma in args.gammas:
+            stats = {}
+
+            def spec():
+                g = gen_for()
+                for p in prompts:
+                    speculative_generate(wrap(target_model), wrap(draft_model), p, args.new,
+                                         gamma=gamma, generator=g, stats=stats)
+
+            t = timed(spec, args.repeats, device)
+            rows.append(dict(common, variant=variant, gamma=gamma, tokens_per_s=round(n_tokens / t, 1),
+                             speedup=round(base / t, 3),
+                             tokens_per_call=round(n_tokens * args.repeats / stats["target_calls"], 3),
+                             c=round(c, 3)))
+            print(rows[-1])
     write_csv(rows, args.out or RESULTS / f"speculative_{device.type}.csv")
 
 

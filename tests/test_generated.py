@@ -97,3 +97,23 @@ def test_answers_stay_hidden_outside_the_book(path):
     answers = re.findall(r'^<details class="answer"><summary>Answer</summary>\n\n', questions, re.M)
     assert asked and len(answers) >= len(asked), f"{len(asked)} questions, {len(answers)} hidden answers"
     assert questions.count("<details") == questions.count("</details>")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_code_fits_the_column(path):
+    """The book's code column holds 88 characters; longer lines are cut off on the page."""
+    wide = [(i, len(line)) for i, c in enumerate(read(path).cells) if c.cell_type == "code"
+            for line in c.source.splitlines() if len(line) > 88]
+    assert not wide, f"code lines over 88 characters (cell index, length): {wide[:5]}"
+
+
+def test_readme_lists_every_exercise():
+    """The README's chapter table names each chapter's graded exercises."""
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        row = next((l for l in readme.splitlines() if l.startswith(f"| {path.stem[:2]} ")), None)
+        assert row is not None, f"README.md has no row for chapter {path.stem[:2]}"
+        names = [c.metadata.nbgrader.grade_id for c in read(path).cells
+                 if c.metadata.get("nbgrader", {}).get("solution")]
+        missing = [n for n in names if f"`{n}`" not in row]
+        assert not missing, f"README.md's row for {path.stem} does not list {missing}"

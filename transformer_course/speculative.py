@@ -1,20 +1,23 @@
 """Generated from solutions/13_speculative_sampling.ipynb by `bash tasks.sh sync`: edit the notebook, not this file."""
 
-# Speculative sampling: a small draft model proposes, the target verifies, and what comes out
-# follows the target's distribution exactly.
+# Speculative sampling: a small draft model proposes, the target verifies, and what
+# comes out follows the target's distribution exactly.
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 
 from transformer_course.decoding import LanguageModel, validate_prompt, warp_logits
+from transformer_course.kv_cache import KVCache, forward_cached
 from transformer_course.training import (char_corpus, char_windows, chars_loss,
                                          chars_recipe, train)
 from transformer_course.transformer import DecoderOnly
 
 
 def windowed(model: DecoderOnly) -> LanguageModel:
-    """The model as a language model over any length: it sees the last max_len ids."""
+    """The model as a language model over any length: it sees the last max_len ids.
+    (Past max_len a verifying call scores earlier positions with a shorter window than
+    one-token decoding would: the chapter's sequences stay within max_len.)"""
     return lambda ids: model(ids[:, -model.cfg.max_len:])
 
 
@@ -156,6 +159,31 @@ def chain_marginals(probs: torch.Tensor, first: int, steps: int) -> torch.Tensor
         x = x @ probs
         out.append(x)
     return torch.stack(out)
+
+
+class CachedLM:
+    """A DecoderOnly as a language model whose KV cache (chapter 10) lives across calls.
+
+    A call feeds only the ids after the longest prefix the cache holds, once the cache
+    is cropped back to that prefix (ids that changed, such as rejected drafts, are
+    dropped), and returns the logits of the fed positions, [1, N_fed, |V|]: read them
+    from the end. Positions must stay below the model's max_len. `fed` counts the
+    positions computed."""
+
+    def __init__(self, model: DecoderOnly):
+        self.model, self.cache = model, KVCache(len(model.layers))
+        self.seen, self.fed = None, 0
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = 0
+        if self.seen is not None:
+            n = min(len(self.cache), ids.shape[1] - 1)   # feed at least one position
+            same = self.seen[0, :n] == ids[0, :n]
+            keep = n if bool(same.all()) else int(same.long().argmin())
+        self.cache.crop(keep)                             # forget what was rejected
+        self.seen, self.fed = ids, self.fed + ids.shape[1] - keep
+        return forward_cached(self.model, ids[:, keep:], self.cache)
 
 
 def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
