@@ -344,7 +344,7 @@ async def run_notebook(nb, env: dict, cwd: Path, kernels: Path, log_file, s: Set
                     how = _signal_name(code_)
                     if state is not None:
                         state["died"] = code_
-                    hint = " (out of memory?)" if how == "SIGKILL" else ""
+                    hint = " (out of memory, or killed?)" if how == "SIGKILL" else ""
                     nb.cells[i].outputs.append(error_output("KernelDied", f"the kernel died running this cell: {how}{hint}"))
                     notes.append((i, f"the kernel died running {cell_label(nb, i)}: {how}{hint}; "
                                      "the cells after it were not run"))

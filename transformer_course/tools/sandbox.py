@@ -233,6 +233,11 @@ class Guard:
             named += [(kernel, "get_ipython().kernel"), (kernel.session, "get_ipython().kernel.session")]
         objects, classes = [], {}
         for obj, name in named:
+            for key in SHELL_STATE:  # traitlets make a trait's default when first read: make them now
+                try:
+                    getattr(obj, key, None)
+                except Exception:
+                    pass
             for state in (getattr(obj, "__dict__", None), getattr(obj, "_trait_values", None)):  # traitlets keep theirs apart
                 if not isinstance(state, dict):
                     continue
@@ -276,7 +281,7 @@ class Guard:
                     continue
                 if old is missing:  # a new attribute hiding one of the class's methods
                     shadows = _is_function(getattr(type(obj), key, None))
-                    if shadows or (_is_function(new) and key in SHELL_STATE):
+                    if shadows or key in SHELL_STATE:
                         del now[key]
                         restored.append(f"{name}.{key}")
                 elif key in SHELL_STATE or _is_function(old) or _is_function(new):
@@ -491,6 +496,8 @@ def isolate() -> bool:
                 except OSError:
                     pass
     launcher = os.getpid()
+    if sys.platform == "linux":  # the process that started it gone (a worker killed): this one too
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     pid = os.fork()
     if pid == 0:
         if sys.platform == "linux":
