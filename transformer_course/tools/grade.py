@@ -12,16 +12,21 @@ How a submission is graded, and why it cannot spoil the batch:
 - every graded cell is put back as the instructor wrote it, hidden tests included, wherever the
   student edited, moved or deleted it (:func:`restore_tests`);
 - the notebook runs in a fresh kernel of its own (nbclient) started by
-  :mod:`transformer_course.tools.sandbox` -- memory limited, reading the solutions refused, the checks'
-  tools restored before each graded cell -- in a folder where the package's copy of the chapter's
-  own modules is the student edition's (so importing the solution gives a stub), with a time
-  limit per cell and per notebook; a cell that times out or a kernel that dies costs the
-  exercises it touches, and the reason goes in the feedback;
-- a graded cell earns its points when it raises nothing;
-- submissions run in parallel, one process each (-j), with a progress bar; the main process alone
-  writes nbgrader's gradebook (sqlite takes one writer), and :class:`ExerciseCsvExporter` -- also
-  usable as ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes
-  the CSV from it.
+  :mod:`transformer_course.tools.sandbox` -- in a PID namespace of its own, memory limited, reading
+  the solutions and writing outside its folder refused, signals to other processes refused, the
+  checks' tools and IPython's machinery restored before each graded cell -- in a folder where the
+  package's copy of the chapter's own modules is the student edition's (so importing the solution
+  gives a stub), with a time limit per cell and per notebook; a cell that times out or a kernel
+  that dies costs the exercises it touches, and the reason goes in the feedback;
+- a graded cell earns its points when each check it calls reported its pass to the kernel's audit
+  hook (from the checks' own code, called by the cell itself) and it shows no error;
+- submissions run in parallel (-j), each in a worker process of its own (:func:`run_workers`) that
+  writes its result to a file, with a progress bar: a worker that dies costs only its notebook, and
+  a notebook whose grading was cut short while others ran is graded again alone at the end; the
+  main process alone writes nbgrader's gradebook (sqlite takes one writer), and
+  :class:`ExerciseCsvExporter` -- also usable as
+  ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes the CSV
+  from it.
 """
 
 from __future__ import annotations
@@ -596,7 +601,7 @@ def feedback_html(r: Result) -> str:
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{e(r.chapter)}: {e(r.student)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{e(r.chapter)}: {e(r.student)}</h1>"
             f"<p><b>{r.score:g} of {r.max_score:g} points.</b> Each exercise earns its points when its check "
-            f"(and the hidden tests behind it, the same check on other inputs) raises nothing.</p>"
+            f"(and the hidden tests behind it, the same check on other inputs) passes.</p>"
             f"<table><tr><th>exercise</th><th>points</th><th>result</th></tr>{''.join(rows)}</table>"
             + (f"<h2>About the whole notebook</h2><ul>{general}</ul>" if general else "")
             + (f"<h2>Your code</h2>{code}" if code else "") + "</body></html>\n")
