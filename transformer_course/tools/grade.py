@@ -20,9 +20,10 @@ How a submission is graded, and why it cannot spoil the batch:
   that dies costs the exercises it touches, and the reason goes in the feedback;
 - a graded cell earns its points when each check it calls reported its pass to the kernel's audit
   hook (from the checks' own code, called by the cell itself) and it shows no error;
-- submissions run in parallel (-j), each in a worker process of its own (:func:`run_workers`) that
-  writes its result to a file, with a progress bar: a worker that dies costs only its notebook, and
-  a notebook whose grading was cut short while others ran is graded again alone at the end; the
+- submissions run in parallel in -j worker processes (:func:`run_workers`), each in a session of its
+  own, writing each result to a file, with a progress bar: a worker that dies costs only the notebook
+  it was grading (another takes its place), and a notebook whose grading was cut short while others
+  ran is graded again alone at the end; the
   main process alone writes nbgrader's gradebook (sqlite takes one writer), and
   :class:`ExerciseCsvExporter` -- also usable as
   ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes the CSV
@@ -619,8 +620,8 @@ def _result(d: dict) -> Result:
     return Result(**{**d, "exercises": [Exercise(**e) for e in d["exercises"]]})
 
 
-def worker(task_file: Path, result_file: Path) -> int:
-    """A worker process: grade one submission (described in task_file), write its Result to result_file."""
+def worker(task_file: Path, result_file: Path) -> None:
+    """Grade one submission (described in task_file), write its Result to result_file."""
     import dataclasses
 
     t = json.loads(Path(task_file).read_text())
@@ -629,7 +630,24 @@ def worker(task_file: Path, result_file: Path) -> int:
     r = grade_submission(t["student"], chapter, Path(t["path"]), s, Path(t["kernels"]))
     tmp = Path(result_file).with_suffix(".tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(r), default=_to_json))
-    tmp.replace(result_file)  # whole or not at all
+    tmp.replace(result_file)  # whole or not at all: the grader takes it as soon as it exists
+
+
+def worker_loop(parent: int) -> int:
+    """A worker process: grade the submissions the grader sends, one line (TASK<tab>RESULT) each."""
+    if sys.platform == "linux":  # the grader gone (killed, Ctrl-C): stop too
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:
+            return 1
+    for line in sys.stdin:
+        task, result = line.rstrip("\n").split("\t")
+        try:
+            worker(Path(task), Path(result))
+        except Exception:  # no result: the grader says so for this notebook and starts another worker
+            traceback.print_exc()
+            sys.stdout.flush()
+            os._exit(1)
     return 0
 
 
@@ -638,58 +656,95 @@ class Job:
     student: str
     chapter: Chapter
     path: Path
-    proc: object = None
-    started: float = 0.0
     crowded: bool = False       # another submission was graded while this one was
     result: Path | None = None  # where its worker writes the Result
+    started: float = 0.0
 
 
 def run_workers(jobs: list[Job], n: int, s: Settings, kernels: Path, folder: Path, done) -> None:
-    """Grade each job in a process of its own (its own session: nothing it or its kernel signals
-    reaches this process or the other workers), at most n at once; call done(job, result) as each
-    ends. A worker that dies or runs past the notebook's time limit gives a Result saying so."""
+    """Grade the jobs in n worker processes, each in a session of its own (nothing a notebook or its
+    kernel signals there reaches this process or the other workers); call done(job, result) as each
+    ends. A worker that dies, or runs past the notebook's time limit, gives a Result saying so for
+    the notebook it was grading, and another worker takes its place."""
     import dataclasses
+    import itertools
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    pending, running = list(jobs), []
+    pending, pool, ids = list(jobs), [], itertools.count()
     limit = s.notebook_timeout + 300  # the kernel's start and shutdown on top of the notebook's own limit
-    while pending or running:
-        while pending and len(running) < n:
+
+    def assign(w: dict, job: Job) -> bool:
+        task = folder / f"{next(ids)}-{job.student}-{job.chapter.name}.json"
+        task.write_text(json.dumps({"student": job.student, "chapter": dataclasses.asdict(job.chapter),
+                                    "path": job.path, "settings": dataclasses.asdict(s), "kernels": kernels},
+                                   default=_to_json))
+        job.result, job.started = task.with_suffix(".result"), time.monotonic()
+        job.result.unlink(missing_ok=True)
+        try:
+            w["proc"].stdin.write(f"{task}\t{job.result}\n")
+            w["proc"].stdin.flush()
+        except OSError:  # the worker is gone already: another takes the job
+            return False
+        w["job"] = job
+        return True
+
+    def start() -> dict:
+        with open(folder / f"worker-{next(ids)}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "transformer_course.tools.grade", "--worker",
+                                     str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True)
+        return {"proc": proc, "job": None}
+
+    while pending or any(w["job"] is not None for w in pool):
+        for w in [w for w in pool if w["job"] is None] + [None] * (n - len(pool)):
+            if not pending:
+                break
+            if w is None:
+                w = start()
+                pool.append(w)
             job = pending.pop(0)
-            task = folder / f"{len(pending)}-{job.student}-{job.chapter.name}.json"
-            task.write_text(json.dumps({"student": job.student, "chapter": dataclasses.asdict(job.chapter),
-                                        "path": job.path, "settings": dataclasses.asdict(s), "kernels": kernels},
-                                       default=_to_json))
-            result = task.with_suffix(".result")
-            result.unlink(missing_ok=True)
-            with open(task.with_suffix(".log"), "w") as log:
-                job.proc = subprocess.Popen([sys.executable, "-m", "transformer_course.tools.grade", "--one", str(task),
-                                             str(result), str(os.getpid())], stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-            job.started, job.result = time.monotonic(), result
-            running.append(job)
-        if len(running) > 1:
-            for job in running:
-                job.crowded = True
+            if not assign(w, job):
+                pending.insert(0, job)
+                _kill_group(w["proc"].pid)
+                pool.remove(w)
+        busy = [w for w in pool if w["job"] is not None]
+        if len(busy) > 1:
+            for w in busy:
+                w["job"].crowded = True
         time.sleep(0.05)
-        for job in list(running):
-            code = job.proc.poll()
+        for w in busy:
+            job = w["job"]
+            if job.result.exists():
+                w["job"] = None
+                done(job, _read_result(job, "its result could not be read"))
+                continue
+            code = w["proc"].poll()
             if code is None and time.monotonic() - job.started > limit:
-                _kill_group(job.proc.pid)
-                code = job.proc.wait()
+                _kill_group(w["proc"].pid)
+                code = w["proc"].wait()
                 why = f"its grading ran past {limit} s and was stopped"
             elif code is None:
                 continue
             else:
                 why = f"the process grading it died ({_signal_name(code)})"
-            _kill_group(job.proc.pid)  # whatever it left behind
-            running.remove(job)
-            try:
-                r = _result(json.loads(job.result.read_text()))
-            except (OSError, ValueError, TypeError, KeyError):
-                r = lost(job, why, time.monotonic() - job.started)
-            done(job, r)
+            _kill_group(w["proc"].pid)  # whatever it left behind
+            pool.remove(w)
+            done(job, _read_result(job, why) if job.result.exists() else lost(job, why, time.monotonic() - job.started))
+    for w in pool:  # no more work: they end at the end of their input
+        try:
+            w["proc"].stdin.close()
+            w["proc"].wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _kill_group(w["proc"].pid)
+
+
+def _read_result(job: Job, why: str) -> Result:
+    try:
+        return _result(json.loads(job.result.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return lost(job, why, time.monotonic() - job.started)
 
 
 def _kill_group(pgid: int) -> None:
@@ -822,13 +877,8 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
 
 def main(argv=None, prog="python -m transformer_course.tools.grade"):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--one"]:  # a worker started by run_workers: TASK RESULT PARENT_PID
-        if sys.platform == "linux":  # the grader gone (killed, Ctrl-C): stop too
-            import ctypes
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-            if os.getppid() != int(argv[3]):
-                return 1
-        return worker(Path(argv[1]), Path(argv[2]))
+    if argv[:1] == ["--worker"]:  # started by run_workers
+        return worker_loop(int(argv[1]))
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("submissions", type=Path, help="folder of student notebooks")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
