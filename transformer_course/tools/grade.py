@@ -129,6 +129,7 @@ class Settings:
     memory: int = 4 * GiB       # bytes of data one kernel may allocate (0: no limit)
     threads: int = 1            # torch threads per kernel
     forbidden: list[str] = field(default_factory=list)
+    fonts: str = ""             # matplotlib's font list, built once, copied into each kernel's folder
 
 
 @dataclass
@@ -179,6 +180,9 @@ def prepare_chapter(name: str, source: Path, release: Path, grader: Path) -> Cha
     shutil.copytree(PACKAGE, pkg / "transformer_course", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for mod, text in exports([release]).items():  # the same modules, stubs where the exercises are
         (pkg / "transformer_course" / f"{mod}.py").write_text(text)
+    import compileall  # once here: the kernels may not write their bytecode into it
+
+    compileall.compile_dir(pkg, quiet=1)
     return Chapter(name, source, release, pkg, {f"transformer_course.{m}": str(PACKAGE / f"{m}.py") for m in own})
 
 
@@ -553,6 +557,8 @@ def grade_submission(student: str, chapter: Chapter, path: Path, s: Settings, ke
                          ("TORCHINDUCTOR_CACHE_DIR", "cache/torchinductor")):
             (run / sub).mkdir(parents=True, exist_ok=True)
             env[var] = str(run / sub)
+        for f in Path(s.fonts).glob("fontlist-*.json") if s.fonts else []:  # or each kernel scans the fonts again
+            shutil.copy(f, run / "config/matplotlib")
         env.setdefault("TRANSFORMER_COURSE_CACHE", str(Path("~/.cache/transformer-course").expanduser()))
         log_path = grader / "logs" / chapter.name / f"{student}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -811,6 +817,14 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     s = Settings(work=root, timeout=timeout, notebook_timeout=notebook_timeout, memory=int(memory * GiB),
                  forbidden=[str(p) for p in forbidden])
     kernels = write_kernelspec(root / "grader")
+    fonts = root / "grader" / "matplotlib"
+    if not any(fonts.glob("fontlist-*.json")):
+        import subprocess
+
+        fonts.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], capture_output=True, timeout=600,
+                       env={**os.environ, "MPLCONFIGDIR": str(fonts)})
+    s.fonts = str(fonts)
     chapters = {}
     for name in sorted({c for _, c in found}):
         src = root / "source" / name
