@@ -3,19 +3,26 @@ ones: each broken one gets 0 for what failed and the reason in its feedback, the
 points. One batch, graded in parallel (two workers), so the suite stays quick.
 
 The submissions are made here from the student edition of chapter 03 and the solution code, one
-real notebook per case.
+real notebook per case. Some attack the grader: they signal or kill other processes, write outside
+their folder, or change how IPython runs and reports cells so that a failing check would look
+passed.
 """
 
 import csv
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import psutil
 import pytest
 
-from transformer_course.tools.grade import grade, restore_tests
-from transformer_course.tools.notebooks import CHAPTERS, PACKAGE, SOLUTIONS, read, solution_notebooks
+from transformer_course.tools.grade import NOT_PASSED, NOT_SEEN, grade, restore_tests
+from transformer_course.tools.notebooks import CHAPTERS, PACKAGE, ROOT, SOLUTIONS, read, solution_notebooks
+from transformer_course.tools.sandbox import namespaces_work
 
 CHAPTER = "03_attention"  # quick to execute, five exercises
 EXERCISES = ["scaled_dot_product_attention", "causal_mask", "padding_mask", "attention_weights", "sliding_window_mask"]
@@ -51,6 +58,14 @@ def edit(nb, name, old, new):
 
 def insert_after(nb, grade_id, code):
     nb.cells.insert(index(nb, grade_id) + 1, nbformat.v4.new_code_cell(code))
+
+
+ISOLATED = namespaces_work()  # kernels in PID namespaces of their own (Linux, where allowed)
+
+
+def stub_with(nb, grade_id, trick):
+    """In the stub, the exercise's function runs `trick` (lines indented for the function) before raising."""
+    edit(nb, grade_id, "    raise NotImplementedError()", trick + "    raise NotImplementedError()")
 
 
 def submissions(folder):
@@ -138,6 +153,62 @@ def submissions(folder):
                                       "exec(text[text.index('def sliding_window_mask'):])")
     save("kim", nb)
 
+    nb = read(CHAPTERS / f"{CHAPTER}.ipynb")                      # unsolved; hides errors with IPython's hooks
+    insert_after(nb, "scaled_dot_product_attention",              # one line each, in a cell before a check
+                 "get_ipython().set_custom_exc((Exception,), lambda *a, **k: None)")
+    insert_after(nb, "causal_mask", "get_ipython().showtraceback = lambda *a, **k: None")
+    insert_after(nb, "padding_mask", "from IPython.display import clear_output\n"
+                                     "get_ipython().events.register('post_run_cell', lambda result: clear_output())")
+    insert_after(nb, "attention_weights",
+                 "import io, sys\nsys.stdout = sys.stderr = io.StringIO()\nsession = get_ipython().kernel.session\n"
+                 "send = session.send\n\ndef quiet(stream, msg, *args, **kwargs):\n"
+                 "    kind = msg if isinstance(msg, str) else msg['header']['msg_type']\n"
+                 "    return None if kind == 'error' else send(stream, msg, *args, **kwargs)\n\n"
+                 "session.send = quiet")
+    insert_after(nb, "sliding_window_mask",                       # the check cells it reaches run `pass`
+                 "get_ipython().input_transformers_cleanup.append(\n"
+                 "    lambda lines: ['pass\\n'] if any('check_' in l for l in lines) else lines)")
+    save("lou", nb)
+
+    nb = solved()                                                 # the same tricks, while the check runs
+    nb.cells[index(nb, "causal_mask")].source = read(CHAPTERS / f"{CHAPTER}.ipynb").cells[index(nb, "causal_mask")].source
+    stub_with(nb, "causal_mask", "    get_ipython().set_custom_exc((Exception,), lambda *a, **k: None)\n")
+    answer(nb, "padding_mask", "def padding_mask(lengths, n):\n"
+                               "    get_ipython().showtraceback = lambda *a, **k: None\n    raise NotImplementedError()")
+    answer(nb, "attention_weights", "from IPython.display import clear_output\n"
+                                    "from transformer_course.checks import passed\n\n"
+                                    "def attention_weights(q, k, mask=None):\n"
+                                    "    passed(attention_weights, 5)  # report a pass itself\n"
+                                    "    get_ipython().events.register('post_run_cell', lambda r: clear_output())\n"
+                                    "    raise NotImplementedError()")
+    save("max", nb)
+
+    nb = solved()                                                 # signals and kills other processes
+    insert_after(nb, "check_scaled_dot_product_attention", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    insert_after(nb, "check_causal_mask", "os.killpg(os.getpgrp(), signal.SIGKILL)")
+    walk = ("import psutil\nfor p in psutil.process_iter():\n    try:\n"
+            "        if p.pid != os.getpid() and any(w in ' '.join(p.cmdline()) for w in ('transformer', 'pytest')):\n"
+            "            p.kill()\n            print('killed', p.pid)\n    except Exception as e:\n"
+            "        print(type(e).__name__)\n")
+    if ISOLATED:  # the same without the audit hook: only the PID namespace stops it
+        walk += ("import ctypes\nfor pid in [int(d) for d in os.listdir('/proc') if d.isdigit()]:\n    try:\n"
+                 "        line = open(f'/proc/{pid}/cmdline', 'rb').read()\n    except OSError:\n        continue\n"
+                 "    if pid != os.getpid() and (b'transformer' in line or b'pytest' in line):\n"
+                 "        ctypes.CDLL(None).kill(pid, signal.SIGKILL)\n")
+    insert_after(nb, "check_padding_mask", walk)
+    insert_after(nb, "check_attention_weights",                   # writes and deletes outside its folder
+                 "import pathlib, shutil\ncourse = pathlib.Path.cwd().parents[3]  # its run folder is in the grader's\n"
+                 "for attack in (lambda: (course.parent / 'grades.csv').write_text('ned,6'),\n"
+                 "               lambda: os.remove(course / 'gradebook.db'),\n"
+                 "               lambda: shutil.rmtree(course.parent / 'submitted'),\n"
+                 "               lambda: os.rename(course.parent / 'feedback', course.parent / 'gone'),\n"
+                 "               lambda: open(os.path.expanduser('~/ned.txt'), 'w')):\n"
+                 "    try:\n        attack()\n    except OSError as e:\n        print(e)\n"
+                 "pathlib.Path('mine.txt').write_text('its own folder is fine')")
+    insert_after(nb, "check_sliding_window_mask",                 # kills its parent without asking Python
+                 "import ctypes\nctypes.CDLL(None).kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)")
+    save("ned", nb)
+
     (folder / f"eve_{CHAPTER}.ipynb").write_text("{ this is not a notebook")   # not valid notebooks
     (folder / f"flo_{CHAPTER}.ipynb").write_text('{"cells": "nope"}')
     (folder / f"gil_{CHAPTER}.ipynb").write_text("")
@@ -172,7 +243,7 @@ FULL = [2, 1, 1, 1, 1]
 def test_csv_has_a_row_per_student_and_a_column_per_exercise(graded):
     rows, _, _ = graded
     assert list(rows["ada"]) == ["student", *[f"{CHAPTER}/{e}" for e in EXERCISES], "total", "max"]
-    assert set(rows) == set("ada bob cara dan erin fay gus hal ivy jay kim eve flo gil".split())
+    assert set(rows) == set("ada bob cara dan erin fay gus hal ivy jay kim lou max ned eve flo gil".split())
     assert all(r["max"] == "6" for r in rows.values())  # a student cannot add points or graded cells
 
 
@@ -258,6 +329,43 @@ def test_solutions_cannot_be_read(graded):
 
 
 @pytest.mark.slow
+def test_ipython_hooks_cannot_hide_a_failing_check(graded):
+    """Exception handlers, showtraceback, post_run_cell callbacks, output streams, the kernel's
+    messages, input transformers: put back before each graded cell, and points only for passes the
+    checks' own code reports to the audit hook."""
+    rows, fb, _ = graded
+    assert scores(rows, "lou") == [0] * 5
+    text = feedback(fb, "lou")
+    assert text.count("not implemented yet") >= 4  # the errors were shown again
+    for name in ("get_ipython().custom_exceptions", "get_ipython().showtraceback",
+                 "get_ipython().events.callbacks['post_run_cell']", "sys.stdout", "sys.stderr",
+                 "get_ipython().kernel.session.send"):
+        assert name in text, name
+    assert NOT_SEEN in text  # the check cell rewritten to `pass`
+    assert scores(rows, "max") == [2, 0, 0, 0, 0]  # sliding_window_mask calls causal_mask
+    text = feedback(fb, "max")
+    assert NOT_PASSED in text
+    assert "a pass of attention_weights reported from outside the check cell's own call of the check was ignored" in text
+
+
+@pytest.mark.slow
+def test_signals_and_writes_outside_its_folder_are_refused(graded):
+    rows, fb, tmp = graded
+    assert scores(rows, "ned") == FULL
+    text = feedback(fb, "ned")
+    refused = "the grader refused to let your notebook change files outside its folder or signal other processes"
+    assert refused + ": os.kill(" in text and "os.killpg(" in text
+    for path in (tmp / "grades.csv", Path("~/ned.txt").expanduser(), tmp / "feedback"):
+        assert str(path) in text, path
+    assert not Path("~/ned.txt").expanduser().exists()
+    assert (tmp / "course" / "gradebook.db").exists() and (tmp / "submitted" / f"ned_{CHAPTER}.ipynb").exists()
+    # its last cell killed the kernel's launcher: cut short while another notebook was graded, so graded
+    # again alone, and what happened then counts
+    assert "the kernel died running cell" in text and "SIGKILL" in text and "it was graded again on its own" in text
+    assert "graded again" not in " ".join(feedback(fb, s) for s in ("ada", "lou", "max", "kim"))
+
+
+@pytest.mark.slow
 def test_invalid_notebooks_score_zero_with_the_reason(graded):
     rows, fb, _ = graded
     for student in ("eve", "flo", "gil"):
@@ -301,3 +409,38 @@ def test_every_check_is_backed_by_hidden_tests(path):
     for c in read(path).cells:
         if c.metadata.get("nbgrader", {}).get("grade"):
             assert "### BEGIN HIDDEN TESTS" in c.source, f"{c.metadata.nbgrader.grade_id} has no hidden tests"
+
+
+@pytest.mark.slow
+def test_the_documented_command_works_from_anywhere_without_an_activated_venv(tmp_path):
+    """README's instructor command, with the venv's full path, run from a folder outside the
+    repository with a PATH that lacks .venv/bin. Its batch: a good notebook and one that kills the
+    process grading it. Here the kernels run without their PID namespace (TC_SANDBOX_NAMESPACE=0,
+    what happens where Linux does not allow one), so that ctypes, which the audit hook does not
+    see, can reach the worker: it dies, the other notebook is graded all the same, the killer is
+    graded again alone, dies again, and scores 0 with the reason."""
+    sub = tmp_path / "SUBMISSIONS"
+    sub.mkdir()
+    nbformat.write(solved(), sub / f"ada_{CHAPTER}.ipynb")
+    nb = solved()
+    insert_after(nb, "check_causal_mask",
+                 "import ctypes, os, signal, time\nlauncher = os.getppid()  # the kernel's; its parent grades us\n"
+                 "worker = int(open(f'/proc/{launcher}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+                 "ctypes.CDLL(None).kill(worker, signal.SIGKILL)\ntime.sleep(10)")
+    nbformat.write(nb, sub / f"zed_{CHAPTER}.ipynb")
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != bin_dir.resolve())
+    env["TC_SANDBOX_NAMESPACE"] = "0"
+    assert not tmp_path.resolve().is_relative_to(ROOT.resolve())
+    command = [str(bin_dir / "transformer-course"), "grade", "SUBMISSIONS/", "--out", "grades.csv",
+               "--feedback", "feedback/", "--timeout", str(TIMEOUT), "--memory", "2", "-j", "2"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["student"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
+    assert scores(rows, "ada") == FULL and scores(rows, "zed") == [0] * 5
+    text = feedback(tmp_path / "feedback", "zed")
+    assert "the process grading it died (SIGKILL); your notebook scores 0" in text
+    assert "it was graded again on its own" in text
+    assert "graded again" not in feedback(tmp_path / "feedback", "ada")

@@ -191,6 +191,9 @@ def _cell() -> int | None:
 
 def passed(fn: Callable, n_cases: int) -> None:
     """Report success, once per function and cell: a grader's hidden tests rerun the check silently."""
+    # every pass, printed or not, is reported to the grading kernel's audit hook, which counts only
+    # those coming from a check's own code (transformer_course.tools.sandbox)
+    sys.audit("transformer_course.checks.passed", name_of(fn))
     key = (_cell(), name_of(fn))
     if key[0] is not None and key in _reported:
         return

@@ -12,16 +12,22 @@ How a submission is graded, and why it cannot spoil the batch:
 - every graded cell is put back as the instructor wrote it, hidden tests included, wherever the
   student edited, moved or deleted it (:func:`restore_tests`);
 - the notebook runs in a fresh kernel of its own (nbclient) started by
-  :mod:`transformer_course.tools.sandbox` -- memory limited, reading the solutions refused, the checks'
-  tools restored before each graded cell -- in a folder where the package's copy of the chapter's
-  own modules is the student edition's (so importing the solution gives a stub), with a time
-  limit per cell and per notebook; a cell that times out or a kernel that dies costs the
-  exercises it touches, and the reason goes in the feedback;
-- a graded cell earns its points when it raises nothing;
-- submissions run in parallel, one process each (-j), with a progress bar; the main process alone
-  writes nbgrader's gradebook (sqlite takes one writer), and :class:`ExerciseCsvExporter` -- also
-  usable as ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes
-  the CSV from it.
+  :mod:`transformer_course.tools.sandbox` -- in a PID namespace of its own, memory limited, reading
+  the solutions and writing outside its folder refused, signals to other processes refused, the
+  checks' tools and IPython's machinery restored before each graded cell -- in a folder where the
+  package's copy of the chapter's own modules is the student edition's (so importing the solution
+  gives a stub), with a time limit per cell and per notebook; a cell that times out or a kernel
+  that dies costs the exercises it touches, and the reason goes in the feedback;
+- a graded cell earns its points when each check it calls reported its pass to the kernel's audit
+  hook (from the checks' own code, called by the cell itself) and it shows no error;
+- submissions run in parallel in -j worker processes (:func:`run_workers`), each in a session of its
+  own, writing each result to a file, with a progress bar: a worker that dies costs only the notebook
+  it was grading (another takes its place), and a notebook whose grading was cut short while others
+  ran is graded again alone at the end; the
+  main process alone writes nbgrader's gradebook (sqlite takes one writer), and
+  :class:`ExerciseCsvExporter` -- also usable as
+  ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes the CSV
+  from it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import copy
 import csv
 import html
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -42,7 +47,6 @@ import tempfile
 import time
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +129,7 @@ class Settings:
     memory: int = 4 * GiB       # bytes of data one kernel may allocate (0: no limit)
     threads: int = 1            # torch threads per kernel
     forbidden: list[str] = field(default_factory=list)
+    fonts: str = ""             # matplotlib's font list, built once, copied into each kernel's folder
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Result:
     exercises: list[Exercise]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cut_short: str = ""         # why its grading may have been stopped from outside (then it is regraded alone)
 
     @property
     def score(self) -> float:
@@ -174,6 +180,9 @@ def prepare_chapter(name: str, source: Path, release: Path, grader: Path) -> Cha
     shutil.copytree(PACKAGE, pkg / "transformer_course", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for mod, text in exports([release]).items():  # the same modules, stubs where the exercises are
         (pkg / "transformer_course" / f"{mod}.py").write_text(text)
+    import compileall  # once here: the kernels may not write their bytecode into it
+
+    compileall.compile_dir(pkg, quiet=1)
     return Chapter(name, source, release, pkg, {f"transformer_course.{m}": str(PACKAGE / f"{m}.py") for m in own})
 
 
@@ -281,10 +290,11 @@ def _signal_name(code) -> str:
         return f"signal {-code}"
 
 
-async def run_notebook(nb, env: dict, cwd: Path, kernels: Path, log_file, s: Settings) -> list[tuple[int | None, str]]:
+async def run_notebook(nb, env: dict, cwd: Path, kernels: Path, log_file, s: Settings,
+                       state: dict | None = None) -> list[tuple[int | None, str]]:
     """Execute the code cells in order with nbclient, in the grading kernel; never raises for what the
     notebook does. Cells that could not run get an error output saying why. Returns notes as
-    (cell index or None, text)."""
+    (cell index or None, text); `state["died"]` is the kernel's exit status if it died."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
@@ -342,7 +352,9 @@ async def run_notebook(nb, env: dict, cwd: Path, kernels: Path, log_file, s: Set
                             break
                         await asyncio.sleep(0.1)
                     how = _signal_name(code_)
-                    hint = " (out of memory?)" if how == "SIGKILL" else ""
+                    if state is not None:
+                        state["died"] = code_
+                    hint = " (out of memory, or killed?)" if how == "SIGKILL" else ""
                     nb.cells[i].outputs.append(error_output("KernelDied", f"the kernel died running this cell: {how}{hint}"))
                     notes.append((i, f"the kernel died running {cell_label(nb, i)}: {how}{hint}; "
                                      "the cells after it were not run"))
@@ -386,7 +398,7 @@ def _stdout(cell) -> str:
     return "".join(o.text for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stdout")
 
 
-GRADER_ERRORS = ("NotRun", "TimeLimit", "KernelDied", "KeyboardInterrupt")  # reported as notes instead
+GRADER_ERRORS = ("NotRun", "TimeLimit", "KernelDied", "KeyboardInterrupt", "NotPassed")  # reported as notes instead
 
 
 def _message(err) -> str:
@@ -399,9 +411,41 @@ def _message(err) -> str:
 MEMORY = re.compile(r"MemoryError|can't allocate memory|out of memory", re.I)
 
 
+def check_calls(source: str) -> int:
+    """How many checks a graded cell calls (hidden tests included): each must report its pass."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return 0
+    return sum(isinstance(n, ast.Call) and (getattr(n.func, "id", None) or getattr(n.func, "attr", "")).startswith(
+        CHECK_PREFIX) for n in ast.walk(tree))
+
+
+def verified_passes(events: list[dict]) -> tuple[dict[str, int], set[str]]:
+    """From the kernel's audit hook: per graded cell, the passes the checks' own code reported in its
+    last run; and the graded cells the hook saw start (compiled exactly as the course wrote them)."""
+    passes, seen = {}, set()
+    for e in events:
+        if e["kind"] == "graded":
+            passes[e["grade_id"]] = 0
+            seen.add(e["grade_id"])
+        elif e["kind"] == "passed" and e.get("grade_id") in passes:
+            passes[e["grade_id"]] += 1
+    return passes, seen
+
+
+NOT_SEEN = ("the grader did not see this check cell run as the course wrote it: your notebook changed the code "
+            "that runs (an input transformer, say), so it earns no points")
+NOT_PASSED = ("the check did not report a pass, yet no error was shown: your notebook changed how errors are "
+              "handled or shown, so it earns no points (only the checks' own report of a pass counts)")
+
+
 def score(nb, source, restore_notes: dict, events: list[dict], run_notes, s: Settings):
-    """Per exercise: points when its graded cell raised nothing, the message, and the notes that concern it
-    (those of the cells since the previous graded cell). Returns (exercises, notes about the whole notebook)."""
+    """Per exercise: points when the checks of its graded cell reported all their passes to the kernel's
+    audit hook and the cell raised nothing; the message, and the notes that concern it (those of the
+    cells since the previous graded cell). Returns (exercises, notes about the whole notebook)."""
     by_count = {c.execution_count: i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.execution_count}
     cell_notes: dict[int | None, list[str]] = {}
     for i, text in run_notes:
@@ -419,6 +463,12 @@ def score(nb, source, restore_notes: dict, events: list[dict], run_notes, s: Set
         elif kind == "restored":
             cell_notes.setdefault(i, []).append(f"your notebook had replaced {', '.join(details)}; the grader "
                                                 f"put back the originals before checking")
+        elif kind == "refused":
+            cell_notes.setdefault(i, []).append(f"the grader refused to let your notebook change files outside "
+                                                f"its folder or signal other processes: {', '.join(details)}{where}")
+        elif kind == "unverified":
+            cell_notes.setdefault(i, []).append(f"a pass of {', '.join(details)} reported from outside the check "
+                                                f"cell's own call of the check was ignored{where}")
     limit = f" (a notebook may use {s.memory / GiB:g} GiB)" if s.memory else ""
     for i, c in enumerate(nb.cells):
         err = _error(c)
@@ -428,6 +478,7 @@ def score(nb, source, restore_notes: dict, events: list[dict], run_notes, s: Set
     solutions = {c.metadata.nbgrader.grade_id: i for i, c in enumerate(nb.cells)
                  if c.metadata.get("nbgrader", {}).get("solution")}
     points = {gid: float(c.metadata.nbgrader.points) for gid, c in nbgrader_cells(source).items() if is_graded(c)}
+    passes, seen = verified_passes(events)
     exercises, start = [], 0
     for i in [i for i, c in enumerate(nb.cells) if is_graded(c)]:
         cell = nb.cells[i]
@@ -437,6 +488,9 @@ def score(nb, source, restore_notes: dict, events: list[dict], run_notes, s: Set
         err = _error(cell)
         if cell.execution_count is None and err is None:
             err = error_output("NotRun", "not run")
+        need = check_calls(cell.source)
+        if err is None and need and passes.get(gid, 0) < need:
+            err = error_output("NotPassed", NOT_SEEN if gid not in seen else NOT_PASSED)
         ex.score = 0.0 if err is not None else ex.points
         ex.message = _message(err) if err is not None else next(
             (l for l in ex.output.splitlines() if l.strip()), "passed")
@@ -487,24 +541,41 @@ def grade_submission(student: str, chapter: Chapter, path: Path, s: Settings, ke
                      if c.metadata.get("nbgrader", {}).get("solution")}
         tests = {c.source: [x for x in exercises if re.search(rf"\b{re.escape(x)}\b", HIDDEN_BLOCK.sub("", c.source))]
                  for c in nb.cells if is_graded(c)}
-        sandbox = {"memory": s.memory, "events": str(events_file), "tests": tests, "solutions": chapter.solutions,
-                   "forbidden": s.forbidden,
+        graded = {c.source: c.metadata.nbgrader.grade_id for c in nb.cells if is_graded(c)}
+        sandbox = {"memory": s.memory, "events": str(events_file), "tests": tests, "graded": graded,
+                   "solutions": chapter.solutions, "forbidden": s.forbidden, "writable": [str(run), "/dev"],
                    "allowed": [sys.prefix, sys.base_prefix, sys.exec_prefix, str(run), str(chapter.package)]}
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE", "TC_", "JPY_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("COVERAGE", "TC_", "JPY_")) or k == "TC_SANDBOX_NAMESPACE"}
         path = os.pathsep.join([str(chapter.package)] + [p for p in [env.get("PYTHONPATH")] if p])
-        env.update(PYTHONPATH=path, TC_SANDBOX=json.dumps(sandbox), PYTHONHASHSEED="0",
+        env.update(PYTHONPATH=path, TC_SANDBOX=json.dumps(sandbox), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
                    OMP_NUM_THREADS=str(s.threads), MKL_NUM_THREADS=str(s.threads), MPLBACKEND="agg")
+        # whatever the kernel and its libraries write goes into its own folder, the only one it may write to
+        # (the checkpoints in ~/.cache/transformer-course stay readable)
+        for var, sub in (("TMPDIR", "tmp"), ("MPLCONFIGDIR", "config/matplotlib"), ("IPYTHONDIR", "config/ipython"),
+                         ("XDG_CACHE_HOME", "cache"), ("TRITON_CACHE_DIR", "cache/triton"),
+                         ("TORCHINDUCTOR_CACHE_DIR", "cache/torchinductor")):
+            (run / sub).mkdir(parents=True, exist_ok=True)
+            env[var] = str(run / sub)
+        for f in Path(s.fonts).glob("fontlist-*.json") if s.fonts else []:  # or each kernel scans the fonts again
+            shutil.copy(f, run / "config/matplotlib")
+        env.setdefault("TRANSFORMER_COURSE_CACHE", str(Path("~/.cache/transformer-course").expanduser()))
         log_path = grader / "logs" / chapter.name / f"{student}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {}
         with open(log_path, "w") as log_file:
-            run_notes = asyncio.run(run_notebook(nb, env, run, kernels, log_file, s))
+            run_notes = asyncio.run(run_notebook(nb, env, run, kernels, log_file, s, state))
         events = [json.loads(l) for l in events_file.read_text().splitlines() if l.strip()]
         exs, general = score(nb, source, restore_notes, events, run_notes, s)
         out = s.work / "autograded" / student / chapter.name / f"{chapter.name}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out)
         shutil.rmtree(run, ignore_errors=True)
-        return Result(student, chapter.name, exs, general, time.monotonic() - t0)
+        died = state.get("died")
+        # a signal the kernel may not have sent itself (another process, the OOM killer): not a crash of its own
+        cut = f"the kernel was killed by {_signal_name(died)}" if died is not None and died < 0 and -died in (
+            signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT) else ""
+        return Result(student, chapter.name, exs, general, time.monotonic() - t0, cut)
     except Exception as e:  # a bug of ours: say so, grade the rest
         for ex in zeros:
             ex.message = "not graded: the grader failed on this notebook"
@@ -537,7 +608,7 @@ def feedback_html(r: Result) -> str:
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{e(r.chapter)}: {e(r.student)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{e(r.chapter)}: {e(r.student)}</h1>"
             f"<p><b>{r.score:g} of {r.max_score:g} points.</b> Each exercise earns its points when its check "
-            f"(and the hidden tests behind it, the same check on other inputs) raises nothing.</p>"
+            f"(and the hidden tests behind it, the same check on other inputs) passes.</p>"
             f"<table><tr><th>exercise</th><th>points</th><th>result</th></tr>{''.join(rows)}</table>"
             + (f"<h2>About the whole notebook</h2><ul>{general}</ul>" if general else "")
             + (f"<h2>Your code</h2>{code}" if code else "") + "</body></html>\n")
@@ -545,8 +616,157 @@ def feedback_html(r: Result) -> str:
 
 # --- the batch -----------------------------------------------------------------------------------
 
-def _grade_task(args) -> Result:  # top level, so that worker processes can import it
-    return grade_submission(*args)
+def _to_json(x):
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(type(x).__name__)
+
+
+def _result(d: dict) -> Result:
+    return Result(**{**d, "exercises": [Exercise(**e) for e in d["exercises"]]})
+
+
+def worker(task_file: Path, result_file: Path) -> None:
+    """Grade one submission (described in task_file), write its Result to result_file."""
+    import dataclasses
+
+    t = json.loads(Path(task_file).read_text())
+    s = Settings(**{**t["settings"], "work": Path(t["settings"]["work"])})
+    chapter = Chapter(**{k: (Path(v) if k in ("source", "release", "package") else v) for k, v in t["chapter"].items()})
+    r = grade_submission(t["student"], chapter, Path(t["path"]), s, Path(t["kernels"]))
+    tmp = Path(result_file).with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(r), default=_to_json))
+    tmp.replace(result_file)  # whole or not at all: the grader takes it as soon as it exists
+
+
+def worker_loop(parent: int) -> int:
+    """A worker process: grade the submissions the grader sends, one line (TASK<tab>RESULT) each."""
+    if sys.platform == "linux":  # the grader gone (killed, Ctrl-C): stop too
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:
+            return 1
+    for line in sys.stdin:
+        task, result = line.rstrip("\n").split("\t")
+        try:
+            worker(Path(task), Path(result))
+        except Exception:  # no result: the grader says so for this notebook and starts another worker
+            traceback.print_exc()
+            sys.stdout.flush()
+            os._exit(1)
+    return 0
+
+
+@dataclass
+class Job:
+    student: str
+    chapter: Chapter
+    path: Path
+    crowded: bool = False       # another submission was graded while this one was
+    result: Path | None = None  # where its worker writes the Result
+    started: float = 0.0
+
+
+def run_workers(jobs: list[Job], n: int, s: Settings, kernels: Path, folder: Path, done) -> None:
+    """Grade the jobs in n worker processes, each in a session of its own (nothing a notebook or its
+    kernel signals there reaches this process or the other workers); call done(job, result) as each
+    ends. A worker that dies, or runs past the notebook's time limit, gives a Result saying so for
+    the notebook it was grading, and another worker takes its place."""
+    import dataclasses
+    import itertools
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pending, pool, ids = list(jobs), [], itertools.count()
+    limit = s.notebook_timeout + 300  # the kernel's start and shutdown on top of the notebook's own limit
+
+    def assign(w: dict, job: Job) -> bool:
+        task = folder / f"{next(ids)}-{job.student}-{job.chapter.name}.json"
+        task.write_text(json.dumps({"student": job.student, "chapter": dataclasses.asdict(job.chapter),
+                                    "path": job.path, "settings": dataclasses.asdict(s), "kernels": kernels},
+                                   default=_to_json))
+        job.result, job.started = task.with_suffix(".result"), time.monotonic()
+        job.result.unlink(missing_ok=True)
+        try:
+            w["proc"].stdin.write(f"{task}\t{job.result}\n")
+            w["proc"].stdin.flush()
+        except OSError:  # the worker is gone already: another takes the job
+            return False
+        w["job"] = job
+        return True
+
+    def start() -> dict:
+        with open(folder / f"worker-{next(ids)}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "transformer_course.tools.grade", "--worker",
+                                     str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True)
+        return {"proc": proc, "job": None}
+
+    while pending or any(w["job"] is not None for w in pool):
+        for w in [w for w in pool if w["job"] is None] + [None] * (n - len(pool)):
+            if not pending:
+                break
+            if w is None:
+                w = start()
+                pool.append(w)
+            job = pending.pop(0)
+            if not assign(w, job):
+                pending.insert(0, job)
+                _kill_group(w["proc"].pid)
+                pool.remove(w)
+        busy = [w for w in pool if w["job"] is not None]
+        if len(busy) > 1:
+            for w in busy:
+                w["job"].crowded = True
+        time.sleep(0.05)
+        for w in busy:
+            job = w["job"]
+            if job.result.exists():
+                w["job"] = None
+                done(job, _read_result(job, "its result could not be read"))
+                continue
+            code = w["proc"].poll()
+            if code is None and time.monotonic() - job.started > limit:
+                _kill_group(w["proc"].pid)
+                code = w["proc"].wait()
+                why = f"its grading ran past {limit} s and was stopped"
+            elif code is None:
+                continue
+            else:
+                why = f"the process grading it died ({_signal_name(code)})"
+            _kill_group(w["proc"].pid)  # whatever it left behind
+            pool.remove(w)
+            done(job, _read_result(job, why) if job.result.exists() else lost(job, why, time.monotonic() - job.started))
+    for w in pool:  # no more work: they end at the end of their input
+        try:
+            w["proc"].stdin.close()
+            w["proc"].wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _kill_group(w["proc"].pid)
+
+
+def _read_result(job: Job, why: str) -> Result:
+    try:
+        return _result(json.loads(job.result.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return lost(job, why, time.monotonic() - job.started)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def lost(job: Job, why: str, seconds: float) -> Result:
+    """No result came back from the worker: zero for every exercise, and why."""
+    source = nbformat.read(job.chapter.source, as_version=4)
+    zeros = [Exercise(exercise_name(gid), gid, float(c.metadata.nbgrader.points),
+                      message="not graded: the grading of this notebook was stopped")
+             for gid, c in nbgrader_cells(source).items() if is_graded(c)]
+    return Result(job.student, job.chapter.name, zeros, [f"{why}; your notebook scores 0"], seconds, why)
 
 
 def chapter_sources(source: Path) -> dict[str, Path]:
@@ -597,6 +817,14 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     s = Settings(work=root, timeout=timeout, notebook_timeout=notebook_timeout, memory=int(memory * GiB),
                  forbidden=[str(p) for p in forbidden])
     kernels = write_kernelspec(root / "grader")
+    fonts = root / "grader" / "matplotlib"
+    if not any(fonts.glob("fontlist-*.json")):
+        import subprocess
+
+        fonts.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], capture_output=True, timeout=600,
+                       env={**os.environ, "MPLCONFIGDIR": str(fonts)})
+    s.fonts = str(fonts)
     chapters = {}
     for name in sorted({c for _, c in found}):
         src = root / "source" / name
@@ -609,27 +837,34 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
         chapters[name] = prepare_chapter(name, src / f"{name}.ipynb",
                                          root / "release" / name / f"{name}.ipynb", root / "grader")
 
-    tasks = [(student, chapters[chapter], nb, s, kernels) for (student, chapter), nb in sorted(found.items())]
+    tasks = [Job(student, chapters[chapter], nb) for (student, chapter), nb in sorted(found.items())]
     jobs = min(jobs, len(tasks))
     s.threads = max(1, (os.cpu_count() or 1) // jobs)  # torch threads per kernel: the cores, shared out
     t0 = time.monotonic()
-    results = []
+    results, again = {}, []
     bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress, dynamic_ncols=True)
-    def done(r: Result):
-        results.append(r)
+
+    def done(job: Job, r: Result):
+        if r.cut_short and job.crowded:  # perhaps by another submission: regraded alone at the end
+            again.append(job)
+            return
+        results[(r.student, r.chapter)] = r
         bar.update()
         if on_result is not None:
             on_result(r)
 
-    if jobs == 1:
-        for t in tasks:
-            done(_grade_task(t))
-    else:  # spawned workers: no threads of ours forked into them
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for f in as_completed([pool.submit(_grade_task, t) for t in tasks]):
-                done(f.result())
+    workers = root / "grader" / "workers"
+    run_workers(tasks, jobs, s, kernels, workers, done)
+    for job in again:  # one at a time: what happens now is the notebook's own doing, and counts
+        def alone(job: Job, r: Result):
+            r.notes.insert(0, f"its grading was cut short ({r.cut_short or 'see below'}) while other notebooks "
+                              "were graded at the same time; it was graded again on its own, and this is that result")
+            job.crowded = False
+            done(job, r)
+        run_workers([job], 1, s, kernels, workers, alone)
     bar.close()
     elapsed = time.monotonic() - t0
+    results = list(results.values())
 
     with Gradebook(db_url, course_id) as gb:  # one writer: this process
         for r in results:
@@ -655,6 +890,9 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
 
 
 def main(argv=None, prog="python -m transformer_course.tools.grade"):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # started by run_workers
+        return worker_loop(int(argv[1]))
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("submissions", type=Path, help="folder of student notebooks")
     p.add_argument("--out", type=Path, default=Path("grades.csv"), help="CSV to write (default grades.csv)")
