@@ -112,7 +112,8 @@ RMS_WRONG = [
 def _bn(dims="rest", unbiased=False, eps_inside=True):
     @_named("batch_norm")
     def batch_norm(x, weight, bias, eps=1e-5):
-        d = {"rest": tuple(range(x.dim() - 1)), "first": (0,), "last": (-1,)}[dims]
+        d = {"rest": tuple(range(x.dim() - 1)), "first": (0,), "last": (-1,), "01": (0, 1),
+             "all": tuple(range(x.dim()))}[dims]
         mean, var = x.mean(d, keepdim=True), x.var(d, unbiased=unbiased, keepdim=True)
         y = (x - mean) / torch.sqrt(var + eps) if eps_inside else (x - mean) / (var.sqrt() + eps)
         return y * weight + bias
@@ -132,6 +133,9 @@ BN_WRONG = [
     (_bn(unbiased=True), "you used the unbiased variance"),
     (_bn(dims="last"), "that is LayerNorm"),
     (_bn(eps_inside=False), "you added eps outside the square root"),
+    # dims (0, 1) hard-coded is right for [B, T, D] only: told so, not told to use dims (0, 1)
+    (_bn(dims="01"), "you took the statistics over dims (0, 1) whatever the shape of x"),
+    (_bn(dims="all"), "you normalized over the whole tensor"),
 ]
 
 

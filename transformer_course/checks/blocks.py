@@ -73,9 +73,13 @@ def _diagnose(got, want, candidates: dict, what: str, hint: str, atol=1e-5, rtol
             if candidate is not None and _close(got, candidate, atol, rtol):
                 fail(f"{what}: {message}")
         fail(f"{what} contains {g[bad].item()} at index {list(bad)}, expected finite values. {hint}")
-    for message, candidate in candidates.items():
-        if candidate is not None and not _close(want, candidate, atol, rtol) and _close(got, candidate, atol, rtol):
-            fail(f"{what}: {message}")
+    matched = [m for m, c in candidates.items()
+               if c is not None and not _close(want, c, atol, rtol) and _close(got, c, atol, rtol)]
+    if len(matched) == 1:
+        fail(f"{what}: {matched[0]}")
+    if matched:   # these mistakes coincide on this input: name none rather than the wrong one
+        fail(f"{what}: your output matches {len(matched)} different mistakes on this input, one of: "
+             + "; or ".join(matched))
     expect_close(got, want, what, atol=atol, rtol=rtol, hint=hint)
 
 
@@ -327,7 +331,8 @@ def check_rms_norm(fn, seed: int = 0) -> None:
 # --- BatchNorm ---------------------------------------------------------------------------------
 
 BN_HINT = ("BatchNorm in training mode takes one mean and one (biased) variance per feature, over "
-           "every other dimension: for x [B, T, D] over all B·T tokens, dims (0, 1)")
+           "every dimension but the last: for x [B, T, D] over all B·T tokens, for x [N, D] over "
+           "the N rows, in general dims tuple(range(x.dim() - 1))")
 
 
 def _bn_oracle(x, weight, bias, eps):
@@ -359,6 +364,15 @@ def _bn_candidates(x, weight, bias, eps):
           f"mean and variance; for x of shape {_shape(x)} BatchNorm averages over every dimension but "
           f"the last, dims {rest}, e.g. x.mean({rest}, keepdim=True)"] = \
             _affine(_normalize(x, (0,), eps=eps), weight, bias)
+    if x.dim() != 3:
+        c[f"you took the statistics over dims (0, 1) whatever the shape of x: right for [B, T, D], "
+          f"but this x has shape {_shape(x)}, and BatchNorm averages over every dimension but the "
+          f"last, here dims {rest}: write them as tuple(range(x.dim() - 1))"] = \
+            _affine(_normalize(x, (0, 1), eps=eps), weight, bias)
+    if x.dim() >= 2:
+        c["you normalized over the whole tensor (x.mean() without a dimension), features included; "
+          "BatchNorm takes one mean and variance per feature, over every dimension but the last"] = \
+            _affine(_normalize(x, tuple(range(x.dim())), eps=eps), weight, bias)
     return c
 
 
@@ -391,11 +405,11 @@ def check_batch_norm(fn, seed: int = 0) -> None:
         n += 1
 
         # 3. the oracle on other shapes, dtypes and eps
-        cases = [
+        cases = [  # four dimensions first: dims (0, 1), (0, 1, 2) and all four differ there
+            ((2, 3, 2, 5), 1e-5, torch.float32),     # four dimensions
             ((10, 5), 1e-5, torch.float32),          # [N, D]: the classic BatchNorm1d input
             ((2, 1, 3), 1e-5, torch.float32),        # T = 1
             ((1, 6, 4), 1e-5, torch.float32),        # B = 1: statistics over the positions alone
-            ((2, 3, 2, 5), 1e-5, torch.float32),     # four dimensions
             ((3, 4, 7), 0.2, torch.float32),         # a large eps, passed explicitly
             ((4, 3, 5), 1e-5, torch.float64),
         ]
