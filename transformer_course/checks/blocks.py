@@ -621,7 +621,7 @@ def _functional(block, lins, x, mask, n_heads, variant, p=0.0):
     sublayer's output, or for the "drop_*" variants where learners misplace it. Run under a fixed
     seed, it draws the same masks in the same order as the learner's block."""
     a = block.attn
-    d = (lambda t: F.dropout(t, p, training=True)) if p > 0 else (lambda t: t)
+    d = (lambda t: F.dropout(t.contiguous(), p, training=True)) if p > 0 else (lambda t: t)
 
     def attn(h, m=mask):
         B, T, D = h.shape
