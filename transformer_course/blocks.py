@@ -81,7 +81,7 @@ class TransformerBlock(nn.Module):
     """Self-attention and a two-layer ReLU MLP, each wrapped in a residual connection with LayerNorm.
 
     norm_first=True is Pre-Norm (x + f(LN(x))); False is Post-Norm (LN(x + f(x))), as in the 2017 paper.
-    forward(x [B, T, D], mask: bool, True = may attend) -> [B, T, D].
+    forward(x [B, N, D], mask: bool, True = may attend) -> [B, N, D].
     Attributes: attn (MultiHeadAttention), ffn (Linear, ReLU, Linear), norm1, norm2 (LayerNorm), drop.
     """
 
@@ -95,7 +95,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 3:
-            raise ValueError(f"x must have shape [B, T, d_model], got {list(x.shape)}")
+            raise ValueError(f"x must have shape [B, N, d_model], got {list(x.shape)}")
         x = residual(x, lambda h: self.attn(h, mask=mask), self.norm1, self.drop, self.norm_first)
         return residual(x, self.ffn, self.norm2, self.drop, self.norm_first)
 
