@@ -331,8 +331,8 @@ def check_rms_norm(fn, seed: int = 0) -> None:
 # --- BatchNorm ---------------------------------------------------------------------------------
 
 BN_HINT = ("BatchNorm in training mode takes one mean and one (biased) variance per feature, over "
-           "every dimension but the last: for x [B, T, D] over all B·T tokens, for x [N, D] over "
-           "the N rows, in general dims tuple(range(x.dim() - 1))")
+           "every dimension but the last: for x [B, N, D] over all B·N tokens, for a matrix of "
+           "tokens [B·N, D] over its rows, in general dims tuple(range(x.dim() - 1))")
 
 
 def _bn_oracle(x, weight, bias, eps):
@@ -345,8 +345,8 @@ def _bn_candidates(x, weight, bias, eps):
     D = x.shape[-1]
     rest = tuple(range(x.dim() - 1))
     c = {
-        "you used the unbiased variance (dividing by N - 1); BatchNorm normalizes with the biased "
-        "variance, dividing by the number N of values averaged (PyTorch uses the unbiased one only "
+        "you used the unbiased variance (dividing by n - 1); BatchNorm normalizes with the biased "
+        "variance, dividing by the number n of values averaged (PyTorch uses the unbiased one only "
         "to update running_var)":
             _affine(_normalize(x, rest, unbiased=True, eps=eps), weight, bias),
         "you added eps outside the square root; it goes inside: (x - mean) / sqrt(var + eps)":
@@ -365,7 +365,7 @@ def _bn_candidates(x, weight, bias, eps):
           f"the last, dims {rest}, e.g. x.mean({rest}, keepdim=True)"] = \
             _affine(_normalize(x, (0,), eps=eps), weight, bias)
     if x.dim() != 3:
-        c[f"you took the statistics over dims (0, 1) whatever the shape of x: right for [B, T, D], "
+        c[f"you took the statistics over dims (0, 1) whatever the shape of x: right for [B, N, D], "
           f"but this x has shape {_shape(x)}, and BatchNorm averages over every dimension but the "
           f"last, here dims {rest}: write them as tuple(range(x.dim() - 1))"] = \
             _affine(_normalize(x, (0, 1), eps=eps), weight, bias)
@@ -467,7 +467,7 @@ def check_masked_batch_norm(fn, seed: int = 0) -> None:
                 f"{n_real} real ones: the mean and variance must be over the real tokens only":
                     _affine((real - sums_all) / torch.sqrt(((x - sums_all) * mask[..., None]).pow(2).sum((0, 1))
                                                             / n_all + eps), weight, bias),
-                "you used the unbiased variance (dividing by N - 1); BatchNorm uses the biased one":
+                "you used the unbiased variance (dividing by n - 1); BatchNorm uses the biased one":
                     _affine(_normalize(real, (0,), unbiased=True, eps=eps), weight, bias),
                 "you took the statistics of each sequence separately (over its positions); BatchNorm "
                 "shares one mean and variance per feature across the whole batch":
@@ -855,8 +855,8 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
         lengths = torch.tensor([5, 3])
         pad = (torch.arange(T) < lengths[:, None])[:, None, :]                 # [B, 1, T]
         causal = torch.ones(T, T, dtype=torch.bool).tril()                      # [T, T]
-        masks = {"no mask": None, "a padding mask [B, 1, T]": pad, "a causal mask [T, T]": causal,
-                 "padding & causal [B, T, T]": pad & causal}
+        masks = {"no mask": None, "a padding mask [B, 1, N]": pad, "a causal mask [N, N]": causal,
+                 "padding & causal [B, N, N]": pad & causal}
         for norm_first in (True, False):
             name = "Pre-Norm" if norm_first else "Post-Norm"
             shown = f"{who}({d_model}, {n_heads}, {d_ff}, norm_first={norm_first})"
@@ -881,7 +881,7 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
                 expect_tensor(got, what)
                 if tuple(got.shape) != (B, T, d_model):
                     fail(f"{what}: output has shape {_shape(got)}, expected {[B, T, d_model]}: the block "
-                         f"maps [B, T, d_model] to [B, T, d_model]")
+                         f"maps [B, N, d_model] to [B, N, d_model]")
                 _expect_untouched(x, saved, who)
                 with torch.no_grad():
                     want = oracle(x, src_mask=_torch_mask(mask, B, n_heads, T))
