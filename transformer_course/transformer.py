@@ -134,7 +134,7 @@ def shift_right(targets: torch.Tensor, bos_id: int) -> torch.Tensor:
 
 
 class EncoderDecoder(nn.Module):
-    """The encoder-decoder transformer: encode(src) once, decode(tgt, memory) -> logits [B, T, V].
+    """The encoder-decoder transformer: encode(src) once, decode(tgt, memory) -> logits [B, T, vocab_size].
 
     EncoderDecoder(cfg: TransformerConfig), parts embed, encoder, decoder, enc_norm, dec_norm, lm_head.
     src_mask: bool [B, S], True at real source tokens (padding = False). The decoder is causal.
@@ -175,7 +175,7 @@ class EncoderDecoder(nn.Module):
 
 
 class DecoderOnly(nn.Module):
-    """A GPT-style language model: a stack of causal self-attention layers, ids [B, T] -> logits [B, T, V]."""
+    """A GPT-style language model: a stack of causal self-attention layers, ids [B, T] -> logits [B, T, vocab_size]."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -203,12 +203,12 @@ def prefix_lm_mask(n_prefix: int, n: int) -> torch.Tensor:
 
 def count_parameters(cfg: TransformerConfig, decoder_only: bool = False) -> int:
     """Parameters of EncoderDecoder(cfg), or of DecoderOnly(cfg) when decoder_only, by formula."""
-    d, f, V, N = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers
+    d, f, V, L = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers
     attention, ffn, norm = 4 * (d * d + d), 2 * d * f + f + d, 2 * d
     encoder_layer = attention + ffn + 2 * norm
     decoder_layer = 2 * attention + ffn + 3 * norm
     final = norm if cfg.norm_first else 0
     ends = V * d + (d * V + V)                     # embedding table, lm_head
     if decoder_only:
-        return ends + N * encoder_layer + final
-    return ends + N * (encoder_layer + decoder_layer) + 2 * final
+        return ends + L * encoder_layer + final
+    return ends + L * (encoder_layer + decoder_layer) + 2 * final
