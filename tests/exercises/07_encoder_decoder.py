@@ -403,6 +403,9 @@ COUNT_WRONG = [
     (_count(two_tables=True), "share one embedding table"),
     (_count(post_final=True), "with norm_first=False (Post-Norm) there are no final norms"),
     (_count(cross_in_gpt=True), "a decoder-only layer has no cross-attention"),
+    # the docstring says -> int, as in chapter 06's counts: a tensor is refused there and here
+    (lambda cfg, decoder_only=False: torch.tensor(T.count_parameters(cfg, decoder_only)),
+     "expected a Python int (as the docstring says): call .item()"),
 ]
 
 

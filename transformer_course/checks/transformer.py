@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CheckFailed, approx, call, expect_close, expect_tensor, fail, name_of, passed, seeded
+from . import (CheckFailed, approx, call, describe, expect_close, expect_tensor, fail, name_of,
+               passed, seeded)
 
 __all__ = [
     "check_EncoderLayer",
@@ -751,10 +752,10 @@ def check_count_parameters(fn, seed: int = 0) -> None:
             what = (f"{who}(cfg with vocab_size={V}, d_model={d}, d_ff={f}, n_layers={N}, "
                     f"norm_first={cfg.norm_first}, decoder_only={decoder_only})")
             got = call(fn, cfg, decoder_only=decoder_only)
-            if isinstance(got, torch.Tensor) and got.numel() == 1:
-                got = got.item()
-            if not isinstance(got, int) or isinstance(got, bool):
-                fail(f"{what} returned {type(got).__name__}, expected an int")
+            if not isinstance(got, int) or isinstance(got, bool):   # the docstring says -> int
+                fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring "
+                     f"says)" + (": call .item() on a one-element tensor"
+                                 if isinstance(got, torch.Tensor) else ""))
             want = oracle[decoder_only]
             if got == want:
                 n += 1
