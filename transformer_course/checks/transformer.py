@@ -175,7 +175,9 @@ def _expect_parts(layer, who, parts, d, f):
 
 
 def _first_match(got, variants, what):
-    """Fail naming the first variant (words, thunk) whose output equals got."""
+    """Fail naming the variant (words, thunk) whose output equals got; when variants with
+    different words match (they coincide on this input), say so rather than pick one."""
+    matched = []
     for words, thunk in variants:
         try:
             with torch.no_grad():
@@ -183,7 +185,12 @@ def _first_match(got, variants, what):
         except Exception:
             continue
         if alt.shape == got.shape and torch.allclose(got.detach(), alt, atol=ATOL, rtol=RTOL):
-            fail(f"{what}: {words}")
+            matched += [words] if words not in matched else []
+    if len(matched) == 1:
+        fail(f"{what}: {matched[0]}")
+    if matched:
+        fail(f"{what}: your output matches {len(matched)} different mistakes on this input, "
+             f"one of: " + "; or ".join(matched))
 
 
 def _flip(nf):
