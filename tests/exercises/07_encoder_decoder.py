@@ -349,7 +349,17 @@ for _cls in (NotCausal, EncoderIgnoresSrcMask, DecoderIgnoresSrcMask, NoFinalNor
              AlwaysFinalNorm, OneLayer, RepeatedLayer, OnlyLastEncoderLayer):
     _cls.__name__ = "EncoderDecoder"
 
+class FunctionalDropout(EncoderDecoder):
+    """Dropout with F.dropout, whose training=True default keeps dropping in eval mode."""
+
+    def encode(self, src, src_mask=None):
+        return nn.functional.dropout(super().encode(src, src_mask), self.cfg.dropout)
+
+
+FunctionalDropout.__name__ = "EncoderDecoder"
+
 MODEL_WRONG = [
+    (FunctionalDropout, "in eval mode gave two different outputs"),
     (NotCausal, "the decoder must be causal"),
     (EncoderIgnoresSrcMask, "the encoder's self-attention must hide padded keys"),
     (DecoderIgnoresSrcMask, "cross-attention must hide padded memory positions"),

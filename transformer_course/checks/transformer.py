@@ -695,6 +695,23 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
             expect_close(whole, want, f"{built}({shown}) compared with nn.Transformer holding your weights",
                          atol=ATOL, rtol=RTOL)
             n += 1
+
+        # train vs eval: with dropout, training draws new masks each call, eval mode is deterministic
+        cfg = _config(vocab_size=13, d_model=16, n_heads=4, d_ff=24, n_layers=2, max_len=16, dropout=0.3)
+        model = call(cls, cfg)
+        src, tgt = torch.randint(0, 13, (2, 5)), torch.randint(0, 13, (2, 4))
+        what = f"{who}(cfg with dropout=0.3)(src [2, 5], tgt [2, 4])"
+        with torch.no_grad():
+            model.eval()
+            if not torch.equal(call(model, src, tgt), call(model, src, tgt)):
+                fail(f"{what} in eval mode gave two different outputs: dropout must switch off in eval "
+                     f"mode. F.dropout(x, p) drops even then (training=True is its default); use the "
+                     f"modules' own nn.Dropout (self.embed and the layers already have one)")
+            model.train()
+            if torch.equal(call(model, src, tgt), call(model, src, tgt)):
+                fail(f"{what} in train mode gave the same output twice: the embedding's and the "
+                     f"layers' dropout should be active in training")
+        n += 1
     passed(cls, n)
 
 
