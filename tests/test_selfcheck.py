@@ -64,3 +64,28 @@ def test_command_line_runs_the_notebook_then_the_checks(tmp_path):
     assert "Self-check: 1 of 5 exercises pass" in run.stdout
     assert "\u2713 causal_mask" in run.stdout and "\u00b7 padding_mask" in run.stdout
     assert "raised an error, the first:" in run.stdout  # cells that use what the stubs did not make
+    assert "the cell under \"" in run.stdout and "cell 3" not in run.stdout
+
+
+def test_jupyter_does_not_echo_the_result(capsys):
+    """The summary is printed; a last-line `selfcheck()` must not add the dict under it in Jupyter."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        status = selfcheck(notebook_namespace(solved_source()))
+        assert shell.display_formatter.format(status) == ({}, {})
+    finally:
+        InteractiveShell.clear_instance()
+    assert status["causal_mask"] == "pass" and isinstance(status, dict)   # still a dict in code
+
+
+def test_a_failing_cell_is_named_as_the_learner_sees_it():
+    """Jupyter numbers no cells: the command line names the section heading and the first line."""
+    from transformer_course.tools.selfcheck import where
+
+    cells = [nbformat.v4.new_markdown_cell("## Build it\n\n### Causal masks\nText."),
+             nbformat.v4.new_code_cell("#| export attention\nmask = causal_mask(4)\nprint(mask)"),
+             nbformat.v4.new_code_cell("x = 1")]
+    assert where(cells, 1) == 'the cell under "Causal masks" that begins `mask = causal_mask(4)`'
+    assert where(cells[1:], 1) == "the cell that begins `x = 1`"

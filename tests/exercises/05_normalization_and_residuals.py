@@ -112,7 +112,8 @@ RMS_WRONG = [
 def _bn(dims="rest", unbiased=False, eps_inside=True):
     @_named("batch_norm")
     def batch_norm(x, weight, bias, eps=1e-5):
-        d = {"rest": tuple(range(x.dim() - 1)), "first": (0,), "last": (-1,)}[dims]
+        d = {"rest": tuple(range(x.dim() - 1)), "first": (0,), "last": (-1,), "01": (0, 1),
+             "all": tuple(range(x.dim()))}[dims]
         mean, var = x.mean(d, keepdim=True), x.var(d, unbiased=unbiased, keepdim=True)
         y = (x - mean) / torch.sqrt(var + eps) if eps_inside else (x - mean) / (var.sqrt() + eps)
         return y * weight + bias
@@ -132,6 +133,9 @@ BN_WRONG = [
     (_bn(unbiased=True), "you used the unbiased variance"),
     (_bn(dims="last"), "that is LayerNorm"),
     (_bn(eps_inside=False), "you added eps outside the square root"),
+    # dims (0, 1) hard-coded is right for [B, T, D] only: told so, not told to use dims (0, 1)
+    (_bn(dims="01"), "you took the statistics over dims (0, 1) whatever the shape of x"),
+    (_bn(dims="all"), "you normalized over the whole tensor"),
 ]
 
 
@@ -184,6 +188,48 @@ def _pre_or_post(attn_res=True, ffn_res=True, twice=False, use_mask=True, same_n
     return forward
 
 
+def _drop_misplaced(where):
+    """Dropout in the wrong place: on the residual stream ("stream"), the sublayer's input ("input"),
+    one sublayer only ("attn", "ffn"), or the Post-Norm sum before the norm ("sum")."""
+    def forward(self, x, mask=None):
+        d = self.drop
+        attn = lambda h: self.attn(h, mask=mask)
+        if self.norm_first:
+            for f, norm, name in ((attn, self.norm1, "attn"), (self.ffn, self.norm2, "ffn")):
+                if where == "stream":
+                    x = d(x + f(norm(x)))
+                elif where == "input":
+                    x = x + f(d(norm(x)))
+                else:
+                    x = x + (d(f(norm(x))) if where == name else f(norm(x)))
+            return x
+        for f, norm, name in ((attn, self.norm1, "attn"), (self.ffn, self.norm2, "ffn")):
+            if where == "stream":
+                x = d(norm(x + f(x)))
+            elif where == "sum":
+                x = norm(d(x + f(x)))
+            elif where == "input":
+                x = norm(x + f(d(x)))
+            else:
+                x = norm(x + (d(f(x)) if where == name else f(x)))
+        return x
+    return forward
+
+
+def _drop_only_when(norm_first, where):
+    """Right for one norm placement, misplaced for the other."""
+    def forward(self, x, mask=None):
+        wrong = self.norm_first == norm_first
+        return (_drop_misplaced(where) if wrong else _pre_or_post())(self, x, mask)
+    return forward
+
+
+def _drop_train_ignored(self, x, mask=None):
+    """Dropout only ever in eval mode's sense: self.drop.eval() before use."""
+    self.drop.eval()
+    return _pre_or_post()(self, x, mask)
+
+
 def _inverted_mask(self, x, mask=None):
     return _pre_or_post()(self, x, None if mask is None else ~mask)
 
@@ -202,8 +248,17 @@ BLOCK_WRONG = [
     (_block(_pre_or_post(use_mask=False)), "your block ignores the mask"),
     (_block(_inverted_mask), "your mask is inverted"),
     (_block(_pre_or_post(same_norm=True)), "you used norm1 for both sublayers"),
-    (_block(_pre_or_post(drop=False)), "in train mode gave the same output twice"),
+    (_block(_pre_or_post(drop=False)), "in train mode your block gives its eval-mode output"),
     (_block(_functional_dropout), "in eval mode gave two different outputs"),
+    # dropout misplaced: passed the visible and the hidden tests before they ran in train mode
+    (_block(_drop_misplaced("stream")), "applies dropout to the residual stream itself"),
+    (_block(_drop_misplaced("input")), "applies dropout to the sublayer's input"),
+    (_block(_drop_misplaced("attn")), "applies dropout to the attention sublayer only"),
+    (_block(_drop_misplaced("ffn")), "applies dropout to the feed-forward sublayer only"),
+    (_block(_drop_only_when(False, "stream")), "applies dropout after the norm, drop(norm(x + f(x)))"),
+    (_block(_drop_only_when(False, "sum")), "applies dropout to the sum x + f(x), before the norm"),
+    (_block(_drop_only_when(False, "input")), "applies dropout to the sublayer's input"),
+    (_block(_drop_train_ignored), "in train mode your block gives its eval-mode output"),
     (_block(_pre_or_post(), names=("mha", "ffn", "norm1", "norm2", "drop")), "has no attribute `attn`"),
     (_block(_pre_or_post(), ffn=lambda: nn.Sequential(nn.Linear(12, 20), nn.Linear(20, 12))),
      "there is no ReLU between the two Linear layers"),

@@ -106,6 +106,7 @@ D_FF_WRONG = [
     (_d_ff(lambda d, m: m * round(int(8 * d / 3) / m)), "or to the nearest multiple"),
     (_d_ff(lambda d, m: m * math.ceil(int(2 * d / 3) / m)), "start from the usual d_ff = 4 · d_model"),
     (_d_ff(lambda d, m: float(m * math.ceil(int(8 * d / 3) / m))), "returned the float 11008.0"),
+    (_d_ff(lambda d, m: torch.tensor(m * math.ceil(int(8 * d / 3) / m))), "call .item()"),
 ]
 
 
@@ -133,6 +134,9 @@ COUNT_WRONG = [
     (_count(_right_plain, lambda d, f: 4 * d * d + 2 * d * f + 2 * d), "SwiGLU has three matrices"),
     (_count(_right_plain, lambda d, f: 4 * d * d + 3 * d * f + 4 * d), "an RMSNorm has a weight but no bias"),
     (_count(_right_plain, lambda d, f: 4 * d * d + 3 * d * f), "left out the two RMSNorms"),
+    (_count(lambda d, f: torch.tensor(_right_plain(d, f)), _right_llama),
+     "expected a Python int (as the docstring says): call .item()"),
+    (_count(lambda d, f: float(_right_plain(d, f)), _right_llama), "returned 3152384.0, expected a Python int"),
 ]
 
 

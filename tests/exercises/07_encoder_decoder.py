@@ -65,8 +65,45 @@ class EncoderRenamed(nn.Module):
         return self.inner(x, mask)
 
 
+def _residual_drop(where):
+    """residual() with dropout misplaced: on the residual stream, on the sublayer's input, or nowhere."""
+    def res(x, f, norm, drop, norm_first):
+        if where == "stream":
+            return drop(x + f(norm(x))) if norm_first else drop(norm(x + f(x)))
+        if where == "input":
+            return x + f(drop(norm(x))) if norm_first else norm(x + f(drop(x)))
+        return x + f(norm(x)) if norm_first else norm(x + f(x))
+    return res
+
+
+def _encoder_with(res):
+    class Enc(EncoderLayer):
+        def forward(self, x, mask=None):
+            x = res(x, lambda h: self.self_attn(h, mask=mask), self.norm1, self.drop, self.norm_first)
+            return res(x, self.ffn, self.norm2, self.drop, self.norm_first)
+    return Enc
+
+
+class EncoderInPlace(EncoderLayer):
+    def forward(self, x, mask=None):
+        x += self.drop(self.self_attn(self.norm1(x), mask=mask)) if self.norm_first else 0
+        return super().forward(x, mask) if not self.norm_first else x + self.drop(self.ffn(self.norm2(x)))
+
+
+class EncoderFunctionalDropout(EncoderLayer):
+    def forward(self, x, mask=None):
+        drop = lambda t: nn.functional.dropout(t, self.drop.p, training=True)
+        x = residual(x, lambda h: self.self_attn(h, mask=mask), self.norm1, drop, self.norm_first)
+        return residual(x, self.ffn, self.norm2, drop, self.norm_first)
+
+
+EncoderDropStream = _encoder_with(_residual_drop("stream"))
+EncoderDropInput = _encoder_with(_residual_drop("input"))
+EncoderNoDropout = _encoder_with(_residual_drop(None))
+
 for _cls in (EncoderIgnoresMask, EncoderAlwaysPreNorm, EncoderNoResidual, EncoderOneNorm, EncoderFfnFirst,
-             EncoderRenamed):
+             EncoderRenamed, EncoderInPlace, EncoderFunctionalDropout, EncoderDropStream,
+             EncoderDropInput, EncoderNoDropout):
     _cls.__name__ = "EncoderLayer"
 
 ENCODER_WRONG = [
@@ -76,6 +113,12 @@ ENCODER_WRONG = [
     (EncoderOneNorm, "uses norm1 for both sublayers"),
     (EncoderFfnFirst, "runs the FFN before self-attention"),
     (EncoderRenamed, "has no attribute `self_attn`"),
+    # train vs eval and where dropout goes (the checks once built every layer with dropout=0)
+    (EncoderDropStream, "applies dropout to the residual stream itself"),
+    (EncoderDropInput, "applies dropout to each sublayer's input"),
+    (EncoderNoDropout, "in train mode your layer gives its eval-mode output"),
+    (EncoderFunctionalDropout, "in eval mode gave two different outputs"),
+    (EncoderInPlace, "changed its input x in place"),
 ]
 
 
@@ -158,7 +201,28 @@ class DecoderCrossFirst(DecoderLayer):
         return residual(x, self.ffn, self.norm3, self.drop, self.norm_first)
 
 
-for _cls in (DecoderMemoryAsQueries, DecoderNotCausal, DecoderSharedAttention, DecoderNoCrossModule,
+def _decoder_with(res):
+    class Dec(DecoderLayer):
+        def forward(self, x, memory, self_mask=None, memory_mask=None):
+            x = res(x, lambda h: self.self_attn(h, mask=self_mask), self.norm1, self.drop,
+                    self.norm_first)
+            x = res(x, lambda h: self.cross_attn(h, memory, mask=memory_mask), self.norm2, self.drop,
+                    self.norm_first)
+            return res(x, self.ffn, self.norm3, self.drop, self.norm_first)
+    return Dec
+
+
+class DecoderMemoryInPlace(DecoderLayer):
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        memory.mul_(1.0 + 1e-3 * self.training)        # "scales" memory in place when training
+        return super().forward(x, memory, self_mask, memory_mask)
+
+
+DecoderDropStream = _decoder_with(_residual_drop("stream"))
+DecoderDropInput = _decoder_with(_residual_drop("input"))
+
+for _cls in (DecoderDropStream, DecoderDropInput, DecoderMemoryInPlace,
+             DecoderMemoryAsQueries, DecoderNotCausal, DecoderSharedAttention, DecoderNoCrossModule,
              DecoderCrossWithSelfWeights, DecoderIgnoresMemoryMask, DecoderNoMemory, DecoderAlwaysPostNorm,
              DecoderCrossFirst):
     _cls.__name__ = "DecoderLayer"
@@ -173,6 +237,9 @@ DECODER_WRONG = [
     (DecoderNoMemory, "your output does not depend on memory"),
     (DecoderAlwaysPostNorm, "with norm_first=True (Pre-Norm"),
     (DecoderCrossFirst, "runs cross-attention before the masked self-attention"),
+    (DecoderDropStream, "applies dropout to the residual stream itself"),
+    (DecoderDropInput, "applies dropout to each sublayer's input"),
+    (DecoderMemoryInPlace, "changed its input memory in place"),
 ]
 
 
@@ -282,7 +349,17 @@ for _cls in (NotCausal, EncoderIgnoresSrcMask, DecoderIgnoresSrcMask, NoFinalNor
              AlwaysFinalNorm, OneLayer, RepeatedLayer, OnlyLastEncoderLayer):
     _cls.__name__ = "EncoderDecoder"
 
+class FunctionalDropout(EncoderDecoder):
+    """Dropout with F.dropout, whose training=True default keeps dropping in eval mode."""
+
+    def encode(self, src, src_mask=None):
+        return nn.functional.dropout(super().encode(src, src_mask), self.cfg.dropout)
+
+
+FunctionalDropout.__name__ = "EncoderDecoder"
+
 MODEL_WRONG = [
+    (FunctionalDropout, "in eval mode gave two different outputs"),
     (NotCausal, "the decoder must be causal"),
     (EncoderIgnoresSrcMask, "the encoder's self-attention must hide padded keys"),
     (DecoderIgnoresSrcMask, "cross-attention must hide padded memory positions"),
@@ -336,6 +413,9 @@ COUNT_WRONG = [
     (_count(two_tables=True), "share one embedding table"),
     (_count(post_final=True), "with norm_first=False (Post-Norm) there are no final norms"),
     (_count(cross_in_gpt=True), "a decoder-only layer has no cross-attention"),
+    # the docstring says -> int, as in chapter 06's counts: a tensor is refused there and here
+    (lambda cfg, decoder_only=False: torch.tensor(T.count_parameters(cfg, decoder_only)),
+     "expected a Python int (as the docstring says): call .item()"),
 ]
 
 

@@ -102,6 +102,13 @@ def _learners_line(tb) -> str:
     return f"\n  at {place}" + (f":  {text}" if text else "")
 
 
+def _where(tb) -> str:
+    try:        # a message without the line is better than a crash while making it
+        return _learners_line(tb)
+    except Exception:
+        return ""
+
+
 def call(fn: Callable, *args, **kwargs):
     """Call the learner's function, turning 'not done yet' and crashes into a clear message."""
     # The grading kernel (transformer_course.tools.sandbox) listens for these events: while the learner's
@@ -121,7 +128,7 @@ def call(fn: Callable, *args, **kwargs):
     except Exception as e:  # the learner's bug, reported with the inputs and the line that failed
         shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
         raise CheckFailed(
-            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{_learners_line(e.__traceback__)}"
+            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{_where(e.__traceback__)}"
         ) from e
     finally:
         sys.audit("transformer_course.checks.call", "end")

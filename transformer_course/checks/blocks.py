@@ -73,9 +73,13 @@ def _diagnose(got, want, candidates: dict, what: str, hint: str, atol=1e-5, rtol
             if candidate is not None and _close(got, candidate, atol, rtol):
                 fail(f"{what}: {message}")
         fail(f"{what} contains {g[bad].item()} at index {list(bad)}, expected finite values. {hint}")
-    for message, candidate in candidates.items():
-        if candidate is not None and not _close(want, candidate, atol, rtol) and _close(got, candidate, atol, rtol):
-            fail(f"{what}: {message}")
+    matched = [m for m, c in candidates.items()
+               if c is not None and not _close(want, c, atol, rtol) and _close(got, c, atol, rtol)]
+    if len(matched) == 1:
+        fail(f"{what}: {matched[0]}")
+    if matched:   # these mistakes coincide on this input: name none rather than the wrong one
+        fail(f"{what}: your output matches {len(matched)} different mistakes on this input, one of: "
+             + "; or ".join(matched))
     expect_close(got, want, what, atol=atol, rtol=rtol, hint=hint)
 
 
@@ -327,7 +331,8 @@ def check_rms_norm(fn, seed: int = 0) -> None:
 # --- BatchNorm ---------------------------------------------------------------------------------
 
 BN_HINT = ("BatchNorm in training mode takes one mean and one (biased) variance per feature, over "
-           "every other dimension: for x [B, T, D] over all B·T tokens, dims (0, 1)")
+           "every dimension but the last: for x [B, N, D] over all B·N tokens, for a matrix of "
+           "tokens [B·N, D] over its rows, in general dims tuple(range(x.dim() - 1))")
 
 
 def _bn_oracle(x, weight, bias, eps):
@@ -340,8 +345,8 @@ def _bn_candidates(x, weight, bias, eps):
     D = x.shape[-1]
     rest = tuple(range(x.dim() - 1))
     c = {
-        "you used the unbiased variance (dividing by N - 1); BatchNorm normalizes with the biased "
-        "variance, dividing by the number N of values averaged (PyTorch uses the unbiased one only "
+        "you used the unbiased variance (dividing by n - 1); BatchNorm normalizes with the biased "
+        "variance, dividing by the number n of values averaged (PyTorch uses the unbiased one only "
         "to update running_var)":
             _affine(_normalize(x, rest, unbiased=True, eps=eps), weight, bias),
         "you added eps outside the square root; it goes inside: (x - mean) / sqrt(var + eps)":
@@ -359,6 +364,15 @@ def _bn_candidates(x, weight, bias, eps):
           f"mean and variance; for x of shape {_shape(x)} BatchNorm averages over every dimension but "
           f"the last, dims {rest}, e.g. x.mean({rest}, keepdim=True)"] = \
             _affine(_normalize(x, (0,), eps=eps), weight, bias)
+    if x.dim() != 3:
+        c[f"you took the statistics over dims (0, 1) whatever the shape of x: right for [B, N, D], "
+          f"but this x has shape {_shape(x)}, and BatchNorm averages over every dimension but the "
+          f"last, here dims {rest}: write them as tuple(range(x.dim() - 1))"] = \
+            _affine(_normalize(x, (0, 1), eps=eps), weight, bias)
+    if x.dim() >= 2:
+        c["you normalized over the whole tensor (x.mean() without a dimension), features included; "
+          "BatchNorm takes one mean and variance per feature, over every dimension but the last"] = \
+            _affine(_normalize(x, tuple(range(x.dim())), eps=eps), weight, bias)
     return c
 
 
@@ -391,11 +405,11 @@ def check_batch_norm(fn, seed: int = 0) -> None:
         n += 1
 
         # 3. the oracle on other shapes, dtypes and eps
-        cases = [
+        cases = [  # four dimensions first: dims (0, 1), (0, 1, 2) and all four differ there
+            ((2, 3, 2, 5), 1e-5, torch.float32),     # four dimensions
             ((10, 5), 1e-5, torch.float32),          # [N, D]: the classic BatchNorm1d input
             ((2, 1, 3), 1e-5, torch.float32),        # T = 1
             ((1, 6, 4), 1e-5, torch.float32),        # B = 1: statistics over the positions alone
-            ((2, 3, 2, 5), 1e-5, torch.float32),     # four dimensions
             ((3, 4, 7), 0.2, torch.float32),         # a large eps, passed explicitly
             ((4, 3, 5), 1e-5, torch.float64),
         ]
@@ -453,7 +467,7 @@ def check_masked_batch_norm(fn, seed: int = 0) -> None:
                 f"{n_real} real ones: the mean and variance must be over the real tokens only":
                     _affine((real - sums_all) / torch.sqrt(((x - sums_all) * mask[..., None]).pow(2).sum((0, 1))
                                                             / n_all + eps), weight, bias),
-                "you used the unbiased variance (dividing by N - 1); BatchNorm uses the biased one":
+                "you used the unbiased variance (dividing by n - 1); BatchNorm uses the biased one":
                     _affine(_normalize(real, (0,), unbiased=True, eps=eps), weight, bias),
                 "you took the statistics of each sequence separately (over its positions); BatchNorm "
                 "shares one mean and variance per feature across the whole batch":
@@ -600,9 +614,14 @@ def _torch_mask(mask, B, n_heads, T):
     return (~mask.expand(B, T, T)).repeat_interleave(n_heads, dim=0)   # [B * n_heads, T, T]
 
 
-def _functional(block, lins, x, mask, n_heads, variant):
-    """The block's computation, written out, right ("pre", "post") and wrong, for the diagnoses."""
+def _functional(block, lins, x, mask, n_heads, variant, p=0.0):
+    """The block's computation, written out, right ("pre", "post") and wrong, for the diagnoses.
+
+    With p > 0 it runs in training mode: dropout (F.dropout, the function nn.Dropout calls) on each
+    sublayer's output, or for the "drop_*" variants where learners misplace it. Run under a fixed
+    seed, it draws the same masks in the same order as the learner's block."""
     a = block.attn
+    d = (lambda t: F.dropout(t.contiguous(), p, training=True)) if p > 0 else (lambda t: t)
 
     def attn(h, m=mask):
         B, T, D = h.shape
@@ -621,11 +640,38 @@ def _functional(block, lins, x, mask, n_heads, variant):
 
     n1, n2 = block.norm1, block.norm2
     if variant == "pre":
-        x = x + attn(n1(x))
-        return x + ffn(n2(x))
+        x = x + d(attn(n1(x)))
+        return x + d(ffn(n2(x)))
     if variant == "post":
-        x = n1(x + attn(x))
+        x = n1(x + d(attn(x)))
+        return n2(x + d(ffn(x)))
+    if variant == "pre_drop_stream":          # dropout on the residual stream itself
+        x = d(x + attn(n1(x)))
+        return d(x + ffn(n2(x)))
+    if variant == "post_drop_stream":
+        x = d(n1(x + attn(x)))
+        return d(n2(x + ffn(x)))
+    if variant == "post_drop_sum":            # on the sum, before the norm
+        x = n1(d(x + attn(x)))
+        return n2(d(x + ffn(x)))
+    if variant == "pre_drop_input":           # dropout on the sublayer's input
+        x = x + attn(d(n1(x)))
+        return x + ffn(d(n2(x)))
+    if variant == "post_drop_input":
+        x = n1(x + attn(d(x)))
+        return n2(x + ffn(d(x)))
+    if variant == "pre_drop_attn_only":
+        x = x + d(attn(n1(x)))
+        return x + ffn(n2(x))
+    if variant == "post_drop_attn_only":
+        x = n1(x + d(attn(x)))
         return n2(x + ffn(x))
+    if variant == "pre_drop_ffn_only":
+        x = x + attn(n1(x))
+        return x + d(ffn(n2(x)))
+    if variant == "post_drop_ffn_only":
+        x = n1(x + attn(x))
+        return n2(x + d(ffn(x)))
     if variant == "pre_no_attn_residual":
         x = attn(n1(x))
         return x + ffn(n2(x))
@@ -714,6 +760,91 @@ def _block_candidates(block, lins, x, mask, n_heads, norm_first):
     return c
 
 
+DROP_HINT = ("Dropout goes on each sublayer's output, before it is added to the residual stream: "
+             "Pre-Norm x + drop(f(norm(x))), Post-Norm norm(x + drop(f(x))); nn.Dropout (self.drop) "
+             "is random in train mode and the identity in eval mode")
+
+
+def _drop_candidates(block, lins, x, mask, n_heads, norm_first, p, seed, eval_out):
+    mode = "pre" if norm_first else "post"
+    f = lambda v: _with_seed(seed, _functional, block, lins, x, mask, n_heads, v, p)
+    c = {
+        "your block applies dropout to the residual stream itself, drop(x + f(...)), so the "
+        "stream loses entries and later layers lose the input the residual connection was meant "
+        "to keep; drop only the sublayer's output: x + drop(f(norm(x)))" if norm_first else
+        "your block applies dropout after the norm, drop(norm(x + f(x))), to the residual stream "
+        "itself; drop only the sublayer's output: norm(x + drop(f(x)))": f(f"{mode}_drop_stream"),
+        "your block applies dropout to the sublayer's input, f(drop(...)); it goes on the "
+        "sublayer's output, before the residual add: "
+        + ("x + drop(f(norm(x)))" if norm_first else "norm(x + drop(f(x)))"): f(f"{mode}_drop_input"),
+        "your block applies dropout to the attention sublayer only: the feed-forward sublayer's "
+        "output is dropped too, x + drop(ffn(...))": f(f"{mode}_drop_attn_only"),
+        "your block applies dropout to the feed-forward sublayer only: the attention sublayer's "
+        "output is dropped too, x + drop(attn(...))": f(f"{mode}_drop_ffn_only"),
+        "in train mode your block gives its eval-mode output: dropout is missing; apply self.drop "
+        "to each sublayer's output": eval_out,
+    }
+    if not norm_first:
+        c["your block applies dropout to the sum x + f(x), before the norm; drop only the "
+          "sublayer's output: norm(x + drop(f(x)))"] = f("post_drop_sum")
+    return c
+
+
+def _with_seed(seed, fn, *args):
+    with torch.no_grad(), seeded(seed):
+        return fn(*args)
+
+
+def _check_block_dropout(cls, who, d_model, n_heads, d_ff, B, T, mask, seed) -> int:
+    """Where dropout goes, and train vs eval: the learner's block against the same computation
+    with F.dropout placed right, under the same seed (so both draw the same masks)."""
+    n, p = 0, 0.5
+    for norm_first in (True, False):
+        name = "Pre-Norm" if norm_first else "Post-Norm"
+        shown = f"{who}({d_model}, {n_heads}, {d_ff}, norm_first={norm_first}, dropout={p})"
+        block = call(cls, d_model, n_heads, d_ff, norm_first=norm_first, dropout=p)
+        if not isinstance(getattr(block, "drop", None), nn.Dropout) or block.drop.p != p:
+            fail(f"{shown}.drop should be nn.Dropout({p}): pass the dropout argument on")
+        lins = _block_parts(block, shown, d_model, d_ff)
+        block = block.double()
+        _randomize(block, lins, seed + 29)
+        x = torch.randn(B, T, d_model, dtype=torch.float64)
+        saved = x.clone()
+        what = f"{name} {who}(..., dropout={p}) on x [{B}, {T}, {d_model}] with a padding mask"
+
+        # eval mode: deterministic, and the block without dropout
+        block.eval()
+        with torch.no_grad():
+            a, b = call(block, x, mask=mask), call(block, x, mask=mask)
+        expect_tensor(a, what)
+        if not torch.equal(a, b):
+            fail(f"{what} in eval mode gave two different outputs: use nn.Dropout (self.drop), "
+                 f"which turns itself off in eval mode, not F.dropout(training=True)")
+        _diagnose(a, _with_seed(0, _functional, block, lins, x, mask, n_heads,
+                                "pre" if norm_first else "post"), {}, what + " in eval mode",
+                  "In eval mode dropout is the identity. " + BLOCK_HINT, atol=1e-8, rtol=1e-6)
+        n += 1
+
+        # train mode: the masks of F.dropout on each sublayer's output, drawn in order
+        block.train()
+        s = seed + 101
+        with seeded(s):
+            got = call(block, x, mask=mask)
+        _expect_untouched(x, saved, who)
+        want = _with_seed(s, _functional, block, lins, x, mask, n_heads,
+                          "pre" if norm_first else "post", p)
+        _diagnose(got, want, _drop_candidates(block, lins, x, mask, n_heads, norm_first, p, s, a),
+                  what + " in train mode", DROP_HINT + ". The oracle runs your block's parts with "
+                  "F.dropout on each sublayer's output, under the same seed", atol=1e-8, rtol=1e-6)
+        with torch.no_grad():
+            c, d = call(block, x, mask=mask), call(block, x, mask=mask)
+        if torch.equal(c, d):
+            fail(f"{what} in train mode gave the same output twice: dropout should draw new masks "
+                 f"on each call")
+        n += 1
+    return n
+
+
 def check_TransformerBlock(cls, seed: int = 0) -> None:
     """TransformerBlock(d_model, n_heads, d_ff, norm_first, dropout) against nn.TransformerEncoderLayer."""
     who = name_of(cls)
@@ -724,8 +855,8 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
         lengths = torch.tensor([5, 3])
         pad = (torch.arange(T) < lengths[:, None])[:, None, :]                 # [B, 1, T]
         causal = torch.ones(T, T, dtype=torch.bool).tril()                      # [T, T]
-        masks = {"no mask": None, "a padding mask [B, 1, T]": pad, "a causal mask [T, T]": causal,
-                 "padding & causal [B, T, T]": pad & causal}
+        masks = {"no mask": None, "a padding mask [B, 1, N]": pad, "a causal mask [N, N]": causal,
+                 "padding & causal [B, N, N]": pad & causal}
         for norm_first in (True, False):
             name = "Pre-Norm" if norm_first else "Post-Norm"
             shown = f"{who}({d_model}, {n_heads}, {d_ff}, norm_first={norm_first})"
@@ -750,7 +881,7 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
                 expect_tensor(got, what)
                 if tuple(got.shape) != (B, T, d_model):
                     fail(f"{what}: output has shape {_shape(got)}, expected {[B, T, d_model]}: the block "
-                         f"maps [B, T, d_model] to [B, T, d_model]")
+                         f"maps [B, N, d_model] to [B, N, d_model]")
                 _expect_untouched(x, saved, who)
                 with torch.no_grad():
                     want = oracle(x, src_mask=_torch_mask(mask, B, n_heads, T))
@@ -775,22 +906,5 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
                          f"forward. {BLOCK_HINT}")
             n += 1
 
-        # dropout: random in train mode, switched off in eval mode
-        block = call(cls, d_model, n_heads, d_ff, norm_first=True, dropout=0.5)
-        x = torch.randn(B, T, d_model)
-        if not isinstance(getattr(block, "drop", None), nn.Dropout) or block.drop.p != 0.5:
-            fail(f"{who}(..., dropout=0.5).drop should be nn.Dropout(0.5)")
-        block.train()
-        with torch.no_grad():
-            a, b = call(block, x), call(block, x)
-        if torch.allclose(a, b):
-            fail(f"{who}(..., dropout=0.5) in train mode gave the same output twice: apply self.drop to "
-                 f"each sublayer's output before adding it to the residual stream")
-        block.eval()
-        with torch.no_grad():
-            a, b = call(block, x), call(block, x)
-        if not torch.equal(a, b):
-            fail(f"{who}(..., dropout=0.5) in eval mode gave two different outputs: use nn.Dropout "
-                 f"(self.drop), which turns itself off in eval mode, not F.dropout(training=True)")
-        n += 1
+        n += _check_block_dropout(cls, who, d_model, n_heads, d_ff, B, T, pad, seed)
     passed(cls, n)

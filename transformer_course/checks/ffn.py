@@ -406,14 +406,13 @@ def check_swiglu_d_ff(fn, seed: int = 0) -> None:
     cases.append((d, m, _llama_d_ff(d, m)))
     for d_model, multiple_of, want in cases:
         what = f"{who}({d_model}, multiple_of={multiple_of})"
-        got = call(fn, d_model, multiple_of=multiple_of)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        got = call(fn, d_model, multiple_of=multiple_of)   # -> int, as the docstring says
         if isinstance(got, bool) or not isinstance(got, int):
             if isinstance(got, float) and got.is_integer():
                 fail(f"{what} returned the float {got}: a layer size must be an int (nn.Linear needs one)")
             if not isinstance(got, float):
-                fail(f"{what} returned {describe(got)}, expected an int")
+                fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring says)"
+                     + (": call .item() on a one-element tensor" if isinstance(got, torch.Tensor) else ""))
         if got == want:
             continue
         hidden = int(8 * d_model / 3)
@@ -468,13 +467,10 @@ def check_block_param_count(fn, seed: int = 0) -> None:
     cases += [(d, f, False), (d, f, True)]
     for d_model, d_ff, swiglu in cases:
         what = f"{who}({d_model}, {d_ff}, swiglu={swiglu})"
-        got = call(fn, d_model, d_ff, swiglu=swiglu)
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
+        got = call(fn, d_model, d_ff, swiglu=swiglu)   # -> int, as the docstring says
         if isinstance(got, bool) or not isinstance(got, int):
-            fail(f"{what} returned {describe(got)}, expected an int")
+            fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring says)"
+                 + (": call .item() on a one-element tensor" if isinstance(got, torch.Tensor) else ""))
         want = _oracle_block(d_model, d_ff, swiglu)
         if got == want:
             continue

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CheckFailed, approx, call, expect_close, expect_tensor, fail, name_of, passed, seeded
+from . import (CheckFailed, approx, call, describe, expect_close, expect_tensor, fail, name_of,
+               passed, seeded)
 
 __all__ = [
     "check_EncoderLayer",
@@ -174,7 +175,9 @@ def _expect_parts(layer, who, parts, d, f):
 
 
 def _first_match(got, variants, what):
-    """Fail naming the first variant (words, thunk) whose output equals got."""
+    """Fail naming the variant (words, thunk) whose output equals got; when variants with
+    different words match (they coincide on this input), say so rather than pick one."""
+    matched = []
     for words, thunk in variants:
         try:
             with torch.no_grad():
@@ -182,7 +185,12 @@ def _first_match(got, variants, what):
         except Exception:
             continue
         if alt.shape == got.shape and torch.allclose(got.detach(), alt, atol=ATOL, rtol=RTOL):
-            fail(f"{what}: {words}")
+            matched += [words] if words not in matched else []
+    if len(matched) == 1:
+        fail(f"{what}: {matched[0]}")
+    if matched:
+        fail(f"{what}: your output matches {len(matched)} different mistakes on this input, "
+             f"one of: " + "; or ".join(matched))
 
 
 def _flip(nf):
@@ -193,13 +201,108 @@ def _flip(nf):
             "x + f(LN(x)); residual(x, sublayer, norm, dropout, self.norm_first) from chapter 05 does either")
 
 
-def _stack(x, sublayers, pre, residual=True):
+def _expect_untouched(what, *named) -> None:
+    """(name, tensor after the call, copy from before) for each input the layer must not change."""
+    for name, arg, kept in named:
+        if not torch.equal(arg, kept):
+            fail(f"{what} changed its input {name} in place (an in-place op such as `{name} += ...`); "
+                 f"compute new tensors instead: the caller still needs {name}")
+
+
+def _stack(x, sublayers, pre, residual=True, p=0.0, drop_at="output"):
+    """Sublayers with residual connections, Pre- or Post-Norm; with p > 0, F.dropout at drop_at:
+    "output" (right: each sublayer's output, before the residual add), "stream" (the residual
+    stream itself), "input" (each sublayer's input)."""
+    # contiguous: dropout draws its mask in memory order, and PyTorch's attention returns a
+    # transposed view where ours (ending in a Linear) returns a contiguous tensor
+    d = (lambda t: F.dropout(t.contiguous(), p, training=True)) if p > 0 else (lambda t: t)
+    out, stream, inp = ((d, lambda t: t, lambda t: t) if drop_at == "output" else
+                        (lambda t: t, d, lambda t: t) if drop_at == "stream" else
+                        (lambda t: t, lambda t: t, d))
     for f, norm in sublayers:
         if not residual:
             x = f(norm(x)) if pre else norm(f(x))
         else:
-            x = x + f(norm(x)) if pre else norm(x + f(x))
+            x = stream(x + out(f(inp(norm(x))))) if pre else stream(norm(x + out(f(inp(x)))))
     return x
+
+
+DROP_HINT = ("dropout goes on each sublayer's output, before the residual add: Pre-Norm "
+             "x + drop(f(LN(x))), Post-Norm LN(x + drop(f(x))), as residual(x, sublayer, norm, "
+             "self.drop, self.norm_first) from chapter 05 does; nn.Dropout is the identity in eval mode")
+
+
+def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
+    """Train vs eval, and where dropout goes: the learner's layer with dropout=0.5 against PyTorch's
+    sublayers holding its weights, with F.dropout on each sublayer's output under the same seed
+    (both draw the same masks in the same order)."""
+    n, p, d, h, f, B, T, S = 0, 0.5, 16, 4, 24, 2, 4, 5
+    for nf in (True, False):
+        built = f"{who}({d}, {h}, {f}, norm_first={nf}, dropout={p})"
+        layer = call(cls, d, h, f, norm_first=nf, dropout=p, activation="relu")
+        _expect_module(layer, built)
+        _expect_parts(layer, built, DEC_PARTS if decoder else ENC_PARTS, d, f)
+        _randomize_norms(layer)
+        ref = torch_layer_from(layer, d, h, f, nf, "relu", decoder=decoder)
+        x, memory = torch.randn(B, T, d), torch.randn(B, S, d)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        if decoder:       # causal self-attention, memory with padding
+            args = (x, memory, causal, (torch.arange(S) < torch.tensor([S, 2])[:, None])[:, None, :])
+        else:             # self-attention with padding
+            args = (x, (torch.arange(T) < torch.tensor([T, 2])[:, None])[:, None, :])
+        saved = [a.clone() for a in args[:2 if decoder else 1]]
+        what = f"{built}(x {list(x.shape)}" + (f", memory {list(memory.shape)}, masks)" if decoder
+                                               else ", mask)")
+        ffn = lambda t: ref.linear2(F.relu(ref.linear1(t)))
+        if decoder:
+            subs = [(lambda t: _torch_mha(ref.self_attn, t, t, args[2]), ref.norm1),
+                    (lambda t: _torch_mha(ref.multihead_attn, t, memory, args[3]), ref.norm2),
+                    (ffn, ref.norm3)]
+        else:
+            subs = [(lambda t: _torch_mha(ref.self_attn, t, t, args[1]), ref.norm1), (ffn, ref.norm2)]
+
+        layer.eval()
+        with torch.no_grad():
+            a, b = call(layer, *args), call(layer, *args)
+        expect_tensor(a, what)
+        if not torch.equal(a, b):
+            fail(f"{what} in eval mode gave two different outputs: use nn.Dropout (self.drop), which "
+                 f"turns itself off in eval mode, not F.dropout(training=True)")
+        with torch.no_grad():
+            want = _stack(x, subs, nf)
+        expect_close(a, want, f"{what} in eval mode (dropout off)", atol=ATOL, rtol=RTOL,
+                     hint="In eval mode dropout is the identity")
+        n += 1
+
+        layer.train()
+        s = seed + 101
+        with torch.no_grad(), seeded(s):
+            got = call(layer, *args)
+        _expect_untouched(what, *zip(("x", "memory"), args, saved))
+
+        def seeded_stack(**kw):
+            with torch.no_grad(), seeded(s):
+                return _stack(x, subs, nf, p=p, **kw)
+
+        if not torch.allclose(got, seeded_stack(), atol=ATOL, rtol=RTOL):
+            _first_match(got, [
+                ("your layer applies dropout to the residual stream itself, "
+                 + ("drop(x + f(LN(x)))" if nf else "drop(LN(x + f(x)))")
+                 + ", so the stream loses entries; " + DROP_HINT, lambda: seeded_stack(drop_at="stream")),
+                ("your layer applies dropout to each sublayer's input, f(drop(...)); " + DROP_HINT,
+                 lambda: seeded_stack(drop_at="input")),
+                ("in train mode your layer gives its eval-mode output: dropout is missing; " + DROP_HINT,
+                 lambda: a),
+            ], what + " in train mode")
+            expect_close(got, seeded_stack(), what + " in train mode", atol=ATOL, rtol=RTOL,
+                         hint=DROP_HINT[0].upper() + DROP_HINT[1:] + ". The oracle is PyTorch's "
+                         "sublayers holding your weights, with F.dropout under the same seed")
+        with torch.no_grad():
+            if torch.equal(call(layer, *args), call(layer, *args)):
+                fail(f"{what} in train mode gave the same output twice: dropout draws new masks "
+                     f"on each call")
+        n += 1
+    return n
 
 
 def _change_at(x, where, vocab_size=None):
@@ -239,8 +342,10 @@ def check_EncoderLayer(cls, seed: int = 0) -> None:
             keep = None if lengths is None else (torch.arange(S) < torch.tensor(lengths)[:, None])
             mask = None if keep is None else keep[:, None, :]                 # [B, 1, S]
             what = f"{built}(x {list(x.shape)}" + (f", mask {list(mask.shape)})" if mask is not None else ")")
+            saved = x.clone()
             got = call(layer, x, mask)
             expect_tensor(got, what)
+            _expect_untouched(what, ("x", x, saved))
             if tuple(got.shape) != (B, S, d):
                 fail(f"{what} has shape {list(got.shape)}, expected {[B, S, d]}: an encoder layer keeps the "
                      f"shape of its input [B, S, d_model]")
@@ -271,6 +376,7 @@ def check_EncoderLayer(cls, seed: int = 0) -> None:
                 expect_close(got, want, f"{what} compared with nn.TransformerEncoderLayer holding your weights",
                              atol=ATOL, rtol=RTOL)
             n += 1
+        n += _check_layer_dropout(cls, who, decoder=False, seed=seed)
     passed(cls, n)
 
 
@@ -301,6 +407,7 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
             memory_mask = None if keep is None else keep[:, None, :]
             what = (f"{built}(x {list(x.shape)}, memory {list(memory.shape)}, causal self_mask"
                     + (f", memory_mask {list(memory_mask.shape)})" if keep is not None else ")"))
+            saved = x.clone(), memory.clone()
             try:
                 got = call(layer, x, memory, self_mask, memory_mask)
             except CheckFailed as e:
@@ -311,6 +418,7 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
                                       f"self-attention's mask is self_mask [T, T]") from None
                 raise
             expect_tensor(got, what)
+            _expect_untouched(what, ("x", x, saved[0]), ("memory", memory, saved[1]))
             if tuple(got.shape) != (B, T, d):
                 fail(f"{what} has shape {list(got.shape)}, expected {[B, T, d]}: the output has one row per "
                      f"decoder position; cross-attention takes its queries from x, its keys and values from memory")
@@ -369,6 +477,7 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
                 expect_close(got, want, f"{what} compared with nn.TransformerDecoderLayer holding your weights",
                              atol=ATOL, rtol=RTOL)
             n += 1
+        n += _check_layer_dropout(cls, who, decoder=True, seed=seed)
     passed(cls, n)
 
 
@@ -586,6 +695,23 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
             expect_close(whole, want, f"{built}({shown}) compared with nn.Transformer holding your weights",
                          atol=ATOL, rtol=RTOL)
             n += 1
+
+        # train vs eval: with dropout, training draws new masks each call, eval mode is deterministic
+        cfg = _config(vocab_size=13, d_model=16, n_heads=4, d_ff=24, n_layers=2, max_len=16, dropout=0.3)
+        model = call(cls, cfg)
+        src, tgt = torch.randint(0, 13, (2, 5)), torch.randint(0, 13, (2, 4))
+        what = f"{who}(cfg with dropout=0.3)(src [2, 5], tgt [2, 4])"
+        with torch.no_grad():
+            model.eval()
+            if not torch.equal(call(model, src, tgt), call(model, src, tgt)):
+                fail(f"{what} in eval mode gave two different outputs: dropout must switch off in eval "
+                     f"mode. F.dropout(x, p) drops even then (training=True is its default); use the "
+                     f"modules' own nn.Dropout (self.embed and the layers already have one)")
+            model.train()
+            if torch.equal(call(model, src, tgt), call(model, src, tgt)):
+                fail(f"{what} in train mode gave the same output twice: the embedding's and the "
+                     f"layers' dropout should be active in training")
+        n += 1
     passed(cls, n)
 
 
@@ -650,10 +776,10 @@ def check_count_parameters(fn, seed: int = 0) -> None:
             what = (f"{who}(cfg with vocab_size={V}, d_model={d}, d_ff={f}, n_layers={N}, "
                     f"norm_first={cfg.norm_first}, decoder_only={decoder_only})")
             got = call(fn, cfg, decoder_only=decoder_only)
-            if isinstance(got, torch.Tensor) and got.numel() == 1:
-                got = got.item()
-            if not isinstance(got, int) or isinstance(got, bool):
-                fail(f"{what} returned {type(got).__name__}, expected an int")
+            if not isinstance(got, int) or isinstance(got, bool):   # the docstring says -> int
+                fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring "
+                     f"says)" + (": call .item() on a one-element tensor"
+                                 if isinstance(got, torch.Tensor) else ""))
             want = oracle[decoder_only]
             if got == want:
                 n += 1

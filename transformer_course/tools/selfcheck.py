@@ -77,14 +77,23 @@ def run(name: str, check, fn) -> tuple[str, str]:
     return "pass", said[-1].lstrip("\u2713 ").removeprefix(name).strip() if said else "passed"
 
 
-def selfcheck(namespace: dict | None = None) -> dict[str, str]:
+class Results(dict):
+    """name -> status ("pass", "fail", "todo", "missing"). The summary was printed already, so in
+    Jupyter the result of a last-line `selfcheck()` shows nothing more (IPython calls
+    _ipython_display_ instead of echoing the dict); elsewhere it is an ordinary dict."""
+
+    def _ipython_display_(self):
+        pass
+
+
+def selfcheck(namespace: dict | None = None) -> Results:
     """Run the checks of the exercises in play; print a line per exercise; return name -> status."""
     ns = namespace if namespace is not None else sys._getframe(1).f_globals  # the notebook's globals
     found = exercises(ns)
     if not found:
         print("No exercises found: run the chapter's cells first (the self-check looks for the functions "
               "your notebook defines).")
-        return {}
+        return Results()
     results = {name: run(name, check, fn) for name, check, fn in found}
     width = max(map(len, results))
     n_pass = sum(status == "pass" for status, _ in results.values())
@@ -93,7 +102,19 @@ def selfcheck(namespace: dict | None = None) -> dict[str, str]:
         print(f"  {MARK[status]} {name:<{width}}  {message}")
     if n_pass < len(results):
         print("Start with the first one that does not pass: fix its cell, then run its check again.")
-    return {name: status for name, (status, _) in results.items()}
+    return Results({name: status for name, (status, _) in results.items()})
+
+
+def where(cells, i: int) -> str:
+    """A cell as the learner finds it in Jupyter (which numbers no cells): the heading of its
+    section and its first line."""
+    first = next((line.strip() for line in cells[i].source.splitlines()
+                  if line.strip() and not line.startswith("#|")), "")
+    first = first if len(first) <= 60 else first[:57] + "..."
+    heading = next((line.lstrip("#").strip() for c in reversed(cells[:i]) if c.cell_type == "markdown"
+                    for line in reversed(c.source.splitlines()) if line.startswith("#")), None)
+    return (f'the cell under "{heading}" that begins `{first}`' if heading
+            else f"the cell that begins `{first}`")
 
 
 def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
@@ -128,7 +149,8 @@ def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
     if errors:
         print(f"{len(errors)} other cell{'s' * (len(errors) > 1)} raised an error, the first:")
         i, o = errors[0]
-        print(f"  cell {i + 1}: {o.ename}: {o.evalue.splitlines()[0] if o.evalue else ''}")
+        print(f"  {where(nb.cells, i)}")
+        print(f"  {o.ename}: {o.evalue.splitlines()[0] if o.evalue else ''}")
     err = next((o for o in nb.cells[-1].outputs if o.output_type == "error"), None)
     if err is not None:
         print(f"The self-check itself failed: {err.ename}: {err.evalue}")
