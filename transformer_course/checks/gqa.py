@@ -168,6 +168,16 @@ def _diagnose_gqa(got, q, k, v, mask, what):
                  f"of one head's keys")
 
 
+def _sdpa_gqa(q, k, v, mask):
+    """PyTorch's GQA attention (enable_gqa needs torch >= 2.5; before, the same by expanding)."""
+    try:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    except TypeError:
+        r = q.shape[1] // k.shape[1]
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(r, 1), v.repeat_interleave(r, 1),
+                                              attn_mask=mask)
+
+
 def check_grouped_query_attention(fn, seed: int = 0) -> None:
     """grouped_query_attention(q [B, H, N_q, d], k, v [B, G, N_k, d], mask) against PyTorch's
     F.scaled_dot_product_attention(..., enable_gqa=True) in float64."""
@@ -196,8 +206,7 @@ def check_grouped_query_attention(fn, seed: int = 0) -> None:
                 fail(f"{what} has dtype {got.dtype}, expected {dtype} (the dtype of q, k and v)")
             if any(not torch.equal(a, b) for a, b in zip((q, k, v), saved)):
                 fail(f"{who} changed one of its inputs in place")
-            want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask,
-                                                  enable_gqa=True)
+            want = _sdpa_gqa(q.double(), k.double(), v.double(), mask)
             tol = 1e-10 if dtype == torch.float64 else 1e-5
             if not _same(got, want, atol=tol):
                 _diagnose_gqa(got, q, k, v, mask, what)
