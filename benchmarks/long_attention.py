@@ -1,0 +1,113 @@
+"""Beyond O(N²): CPU time and peak memory against N for full softmax attention, a sliding
+window, block-sparse attention and linear attention (chapter 14).
+
+    python benchmarks/long_attention.py                  # N = 512..8192 (about a minute)
+    python benchmarks/long_attention.py --ns 1024 4096   # fewer sizes
+
+Each (method, N) runs in a fresh process, which measures how far its resident memory rises
+above the level before the call (Linux: VmHWM reset through /proc/self/clear_refs, see
+transformer_course.flash.peak_rss_increase) and the CPU time of the call (time.process_time).
+One head (B = H = 1), d = 64, fp32, causal, torch threads as set by OMP_NUM_THREADS:
+  full            scaled_dot_product_attention (chapter 03) under causal_mask(N): the [N, N]
+                  scores and weights in memory
+  sliding_window  sliding_window_attention, W = 256, query blocks of 256 (the band only)
+  block_sparse    block_sparse_attention under block_sparse_mask(N, 64, "bigbird"), W_b = 3
+                  (about 5 kept blocks per row), only the kept 64 x 64 tiles computed
+  linear          linear_attention_chunked, chunks of 64
+The [N, N] bool masks of "full" and "block_sparse" are built before the measurement (they
+cost 1 byte per entry and are not part of the method's working memory).
+-> benchmarks/results/long_attention_cpu.csv
+
+Not run by the tests: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import RESULTS, write_csv
+
+METHODS = ("full", "sliding_window", "block_sparse", "linear")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def child(method: str, n: int, d: int) -> None:
+    """Runs in a fresh process: measure one call, print a JSON line."""
+    from transformer_course.attention import causal_mask, scaled_dot_product_attention
+    from transformer_course.flash import peak_rss_increase
+    from transformer_course.long_attention import (block_sparse_attention,
+                                                   block_sparse_mask,
+                                                   linear_attention_chunked,
+                                                   sliding_window_attention)
+
+    def make(m):
+        g = torch.Generator().manual_seed(0)
+        return [torch.randn(1, 1, m, d, generator=g) for _ in range(3)]
+
+    def fn_for(m):
+        q, k, v = make(m)
+        if method == "full":
+            mask = causal_mask(m)
+            return lambda: scaled_dot_product_attention(q, k, v, mask)
+        if method == "sliding_window":
+            return lambda: sliding_window_attention(q, k, v, 256, 256)
+        if method == "block_sparse":
+            mask = block_sparse_mask(m, 64, "bigbird")
+            return lambda: block_sparse_attention(q, k, v, mask, 64)
+        return lambda: linear_attention_chunked(q, k, v, 64)
+
+    fn_for(512)()                 # warm up at a small size: first calls allocate buffers
+    fn = fn_for(n)
+    start = time.process_time()
+    peak = peak_rss_increase(fn)
+    seconds = time.process_time() - start
+    print(json.dumps({"peak_extra_mib": peak / 2**20, "cpu_seconds": seconds}))
+
+
+def run_cpu(ns, d: int) -> None:
+    rows = []
+    threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    for n in ns:
+        for method in METHODS:
+            out = subprocess.run([sys.executable, __file__, "--child", method, str(n),
+                                  str(d)], capture_output=True, text=True, check=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            row = {"hardware": cpu_name(), "device": "cpu", "threads": threads,
+                   "method": method, "n": n, "d": d, "dtype": "float32", "causal": True,
+                   "scores_mib": round(4 * n * n / 2**20, 2),
+                   "peak_extra_mib": round(got["peak_extra_mib"], 2),
+                   "cpu_seconds": round(got["cpu_seconds"], 4)}
+            print(row)
+            rows.append(row)
+    write_csv(rows, RESULTS / "long_attention_cpu.csv")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--ns", type=int, nargs="+")
+    parser.add_argument("--d", type=int, default=64)
+    args = parser.parse_args()
+    if args.child:
+        method, n, d = args.child
+        child(method, int(n), int(d))
+    else:
+        run_cpu(args.ns or [512, 1024, 2048, 4096, 8192], args.d)
