@@ -1,6 +1,7 @@
 """What the benchmark scripts share."""
 
 import csv
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -13,3 +14,15 @@ def write_csv(rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {out}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -27,25 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
 
 import torch
 
-from common import RESULTS, write_csv
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from common import RESULTS, cpu_name, write_csv
 
 
 def child(impl: str, n: int, d: int, block: int) -> None:

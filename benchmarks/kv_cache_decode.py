@@ -21,28 +21,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from common import RESULTS, write_csv
+from common import RESULTS, cpu_name, write_csv
 from transformer_course.decoding import greedy_decode
 from transformer_course.kv_cache import StaticKVCache, extend_context, generate_cached
 from transformer_course.training import load_or_train
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def seconds(fn, device, repeats: int) -> tuple[float, float]:

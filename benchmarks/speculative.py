@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 
 import torch
 
-from common import RESULTS, write_csv
+from common import RESULTS, cpu_name, write_csv
 from transformer_course.decoding import sample
 from transformer_course.kv_cache import generate_cached
 from transformer_course.speculative import CachedLM, speculative_generate, train_draft, windowed
@@ -34,7 +33,7 @@ from transformer_course.training import char_corpus, load_or_train
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def timed(fn, repeats: int, device) -> float:
