@@ -41,6 +41,13 @@ def softmax_instead(q, k, v, causal=True):
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
+def normalizer_with_eps(q, k, v, causal=True):
+    a = phi(q) @ phi(k).transpose(-2, -1)
+    if causal:
+        a = a.tril()
+    return (a @ v) / (a.sum(-1, keepdim=True) + 1e-6)
+
+
 def float32_inside(q, k, v, causal=True):
     return la.linear_attention(q.float(), k.float(), v.float(), causal).to(q.dtype)
 
@@ -169,7 +176,8 @@ EXERCISES = {
             (_parallel("noncausal"), "NOT causal"),
             (_parallel("causal_always"), "causal although causal=False"),
             (softmax_instead, "at index"),
-            (float32_inside, "at index"),
+            (float32_inside, "not to float64's precision"),
+            (normalizer_with_eps, "an eps added to the normalizer"),
         ],
     ),
     "linear_attention_recurrent": Exercise(

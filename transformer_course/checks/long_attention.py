@@ -135,7 +135,12 @@ def _diagnose(out, q, k, v, causal, head, tol, extra=()) -> None:
     for bug in bugs:
         if _close(g, reference(q, k, v, causal, bug), max(tol, 1e-5) * 10):
             fail(f"{head}: {BUGS[bug]}")
-    fail(_where(out, reference(q, k, v, causal), head, tol))
+    want = reference(q, k, v, causal)
+    if tol < 1e-5 and _close(g, want, 1e-4):
+        fail(_where(out, want, head, tol) + ". Close, but not to float64's precision: an "
+             "eps added to the normalizer, or a computation in float32? phi > 0 makes "
+             "the normalizer positive without an eps; keep the inputs' dtype throughout")
+    fail(_where(out, want, head, tol))
 
 
 def _describe(batch, n, d_k, d_v, dtype) -> str:
