@@ -12,7 +12,7 @@ One head (B = H = 1), d = 64, fp32, causal, torch threads as set by OMP_NUM_THRE
                   scores and weights in memory
   sliding_window  sliding_window_attention, W = 256, query blocks of 256 (the band only)
   block_sparse    block_sparse_attention under block_sparse_mask(N, 64, "bigbird"), W_b = 3
-                  (about 5 kept blocks per row), only the kept 64 x 64 tiles computed
+                  (at most 6 kept blocks per row), only the kept 64 x 64 tiles computed
   linear          linear_attention_chunked, chunks of 64
 The [N, N] bool masks of "full" and "block_sparse" are built before the measurement (they
 cost 1 byte per entry and are not part of the method's working memory).
