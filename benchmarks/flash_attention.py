@@ -59,7 +59,7 @@ def child(impl: str, n: int, d: int, block: int) -> None:
     print(json.dumps({"peak_extra_mib": peak / 2**20, "cpu_seconds": seconds}))
 
 
-def run_cpu(ns, d: int, block: int) -> None:
+def run_cpu(ns, d: int, block: int, out=None) -> None:
     rows = []
     for n in ns:
         for impl in ("tiled", "naive"):
@@ -73,10 +73,10 @@ def run_cpu(ns, d: int, block: int) -> None:
                    "cpu_seconds": round(got["cpu_seconds"], 3)}
             print(row)
             rows.append(row)
-    write_csv(rows, RESULTS / "flash_attention_cpu.csv")
+    write_csv(rows, out or RESULTS / "flash_attention_cpu.csv")
 
 
-def run_cuda(ns, batch: int, heads: int) -> None:
+def run_cuda(ns, batch: int, heads: int, out=None) -> None:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -122,7 +122,7 @@ def run_cuda(ns, batch: int, heads: int) -> None:
                                "tflops": round(work / seconds / 1e12, 2)}
                         print(row)
                         rows.append(row)
-    write_csv(rows, RESULTS / "flash_attention_cuda.csv")
+    write_csv(rows, out or RESULTS / "flash_attention_cuda.csv")
 
 
 if __name__ == "__main__":
@@ -132,11 +132,13 @@ if __name__ == "__main__":
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--block", type=int, default=256)
     parser.add_argument("--cuda", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="cuda: the same as --cuda")
+    parser.add_argument("--out", help="CSV to write (default benchmarks/results/flash_attention_<device>.csv)")
     args = parser.parse_args()
     if args.child:
         impl, n, d, block = args.child
         child(impl, int(n), int(d), int(block))
-    elif args.cuda:
-        run_cuda(args.ns or [512, 1024, 2048, 4096, 8192, 16384], batch=4, heads=16)
+    elif args.cuda or args.device == "cuda":
+        run_cuda(args.ns or [512, 1024, 2048, 4096, 8192, 16384], batch=4, heads=16, out=args.out)
     else:
-        run_cpu(args.ns or [1024, 2048, 4096, 8192, 16384], args.d, args.block)
+        run_cpu(args.ns or [1024, 2048, 4096, 8192, 16384], args.d, args.block, out=args.out)

@@ -10,7 +10,8 @@ On a CUDA machine it
    sanitizers; cells tagged `nbval-ignore-output` run but their outputs are not compared),
    several notebooks at a time; chapters that load chapter 08's checkpoints wait for it;
    every `on_the_gpu(...)` call in a chapter also records its table (COURSE_GPU_RECORD);
-4. runs the benchmarks (matmul throughput, attention cost) on the GPU at quick sizes;
+4. runs the benchmarks (matmul throughput, attention cost, flash attention's TFLOP/s vs SDPA, speculative
+   sampling) on the GPU at quick sizes;
 5. writes OUTDIR/report.md, OUTDIR/notebooks.csv, OUTDIR/benchmarks/*.csv,
    OUTDIR/measurements/*.csv and the logs under OUTDIR/logs/.
 It exits 1 if a step failed (the report is written anyway). Budget: under 8 minutes on an H100/H200.
@@ -47,6 +48,8 @@ GPU_BENCHMARKS = [
     ("matmul_throughput", ["--sizes", "256", "1024", "4096", "8192", "--dtypes", "float32", "bfloat16",
                            "--repeats", "10"]),
     ("attention_cost", ["--ns", "1024", "4096", "16384", "--repeats", "5"]),
+    ("flash_attention", ["--ns", "512", "1024", "2048", "4096", "8192", "16384"]),
+    ("speculative", ["--prompts", "4", "--gammas", "1", "2", "4", "--repeats", "2"]),
 ]
 DRY_BENCHMARKS = [
     ("matmul_throughput", ["--sizes", "32", "64", "--dtypes", "float32", "--repeats", "2"]),
