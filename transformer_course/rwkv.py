@@ -17,8 +17,8 @@ def check_wkv_inputs(w, u, k, v) -> None:
         raise ValueError(f"k and v must be [B, T, C] of the same shape, got k "
                          f"{list(k.shape)}, v {list(v.shape)}")
     if w.shape != k.shape[-1:] or u.shape != k.shape[-1:]:
-        raise ValueError(f"w and u must be [C] = [{k.shape[-1]}], got w {list(w.shape)}, "
-                         f"u {list(u.shape)}")
+        raise ValueError(f"w and u must be [C] = [{k.shape[-1]}], got w "
+                         f"{list(w.shape)}, u {list(u.shape)}")
 
 
 def wkv_exponents(w, u, k) -> torch.Tensor:
@@ -36,7 +36,8 @@ def wkv_naive(w, u, k, v) -> torch.Tensor:
     """WKV straight from its formula: correct while every e^exponent fits the dtype."""
     check_wkv_inputs(w, u, k, v)
     weights = wkv_exponents(w, u, k).exp()                  # [B, T, T + 1, C]
-    values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]], dim=2)
+    values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]],
+                       dim=2)
     return (weights * values).sum(2) / weights.sum(2)
 
 
@@ -81,7 +82,8 @@ def wkv_parallel(w, u, k, v) -> torch.Tensor:
     check_wkv_inputs(w, u, k, v)
     e = wkv_exponents(w, u, k)                               # [B, T, T + 1, C]
     e = (e - e.amax(dim=2, keepdim=True)).exp()              # <= 1, the largest is 1
-    values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]], dim=2)
+    values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]],
+                       dim=2)
     return (e * values).sum(2) / e.sum(2)
 
 
@@ -103,19 +105,22 @@ class TimeMix(nn.Module):
 
     def _kvr(self, x, prev):
         mk, mv, mr = self.mix
-        return (self.key(x * mk + prev * (1 - mk)), self.value(x * mv + prev * (1 - mv)),
+        return (self.key(x * mk + prev * (1 - mk)),
+                self.value(x * mv + prev * (1 - mv)),
                 torch.sigmoid(self.receptance(x * mr + prev * (1 - mr))))
 
     def forward(self, x):
         k, v, r = self._kvr(x, token_shift(x))
-        return self.output(r * wkv_parallel(self.time_decay.exp(), self.time_first, k, v))
+        w, u = self.time_decay.exp(), self.time_first
+        return self.output(r * wkv_parallel(w, u, k, v))
 
     def step(self, x, state=None):
         """x [B, C]; state (previous x, a, b, p) or None -> (out [B, C], state)."""
         prev, wkv_state = (torch.zeros_like(x), None) if state is None else (
             state[0], state[1:])
         k, v, r = self._kvr(x, prev)
-        out, wkv_state = wkv_step(self.time_decay.exp(), self.time_first, k, v, wkv_state)
+        w, u = self.time_decay.exp(), self.time_first
+        out, wkv_state = wkv_step(w, u, k, v, wkv_state)
         return self.output(r * out), (x, *wkv_state)
 
 
