@@ -7,7 +7,7 @@ from transformer_course import rwkv
 from transformer_course.checks import rwkv as checks
 
 
-# --- wkv_recurrent ---------------------------------------------------------------------------
+# --- wkv_recurrent ---------------------------------------------------------------
 
 def _recurrent(bug):
     def wkv_recurrent(w, u, k, v):
@@ -38,7 +38,7 @@ def _recurrent(bug):
     return wkv_recurrent
 
 
-# --- wkv_parallel ----------------------------------------------------------------------------
+# --- wkv_parallel ----------------------------------------------------------------
 
 def _parallel(bug):
     def wkv_parallel(w, u, k, v):

@@ -5,14 +5,15 @@ wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t)
       / (sum_{i<t} e^{-(t-1-i) w + k_i}     + e^{u + k_t})
 
 per channel, with w >= 0 (a decay of e^{-w} per step) and a bonus u for the current token.
-The oracle writes the exponents out as a [T, T] matrix per channel, in float64, and lets
-torch.softmax normalize them (masked entries -inf), so it shares no code with a learner's
-running maximum. When an output is wrong, the check recomputes what each known mistake
-gives (no bonus, or a bonus on every token, which is the same; decay on the current token;
-decay sign flipped; current token counted in the decayed sum too; normalizer missing, running maximum not
-carried) and names the one that matches. Decays, bonuses and keys are drawn so that no
-two mistakes give the same numbers; a last case puts the keys near +-100 in float32,
-where exp overflows (e^89 > 3.4e38) or underflows to 0.
+The oracle writes the exponents out as a [T, T + 1] matrix per channel, in float64, and
+lets torch.softmax normalize them (masked entries -inf), so it shares no code with a
+learner's running maximum. When an output is wrong, the check recomputes what each known
+mistake gives (no bonus, or a bonus on every token, which is the same; decay on the
+current token; decay sign flipped; current token counted in the decayed sum too;
+normalizer missing; running maximum not carried) and names the one that matches. Decays,
+bonuses and keys are drawn so that no two mistakes give the same numbers; the last cases
+put the keys near +100 and -110 in float32, where exp overflows (e^89 > 3.4e38) or
+underflows to 0.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ BUGS = {
 
 def _make(b, t, c, seed, dtype, scale=0.0):
     g = torch.Generator().manual_seed(seed)
-    w = torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.05   # decays in (0.05, 1.55)
+    w = torch.rand(c, generator=g, dtype=torch.float64) * 1.5 + 0.05   # in (0.05, 1.55)
     u = torch.randn(c, generator=g, dtype=torch.float64) + 0.7
     k = torch.randn(b, t, c, generator=g, dtype=torch.float64)
     v = torch.randn(b, t, c, generator=g, dtype=torch.float64) + 0.3
@@ -118,7 +119,9 @@ def _tol(dtype):
 
 def _close(got, want, tol) -> bool:
     g = got.detach().double().cpu()
-    return g.shape == want.shape and bool(((g - want).abs() <= tol * (1 + want.abs())).all())
+    if g.shape != want.shape:
+        return False
+    return bool(((g - want).abs() <= tol * (1 + want.abs())).all())
 
 
 def _expect_output(out, k, head):
