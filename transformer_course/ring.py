@@ -157,9 +157,12 @@ class SimulatedRank:
         class Received:
             def wait(self):
                 try:
-                    return box.get(timeout=timeout)
+                    got = box.get(timeout=timeout)
                 except queue.Empty:
                     raise TimeoutError("no block arrived from the previous rank") from None
+                if got is None:  # another rank failed
+                    raise RuntimeError("another simulated rank failed")
+                return got
 
         return Received()
 
@@ -179,6 +182,8 @@ def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
                         layout=layout)
         except BaseException as e:  # noqa: BLE001 (re-raised in the caller)
             errors.append(e)
+            for box in inboxes:  # release the ranks waiting for a block from this one
+                box.put(None)
 
     threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(size)]
     for t in threads:
@@ -237,7 +242,8 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
 
     import torch.multiprocessing as mp
 
-    from .machine import free_port
+    from transformer_course import ring  # the packaged worker: spawned processes import it
+    from transformer_course.machine import free_port
 
     split_sequence(q, size, layout)  # length check before any process starts
     ctx = mp.get_context("spawn")
@@ -246,7 +252,7 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
     main = sys.modules.get("__main__")  # children must not re-run the notebook's __main__
     hidden = vars(main).pop("__file__", None) if main is not None else None
     try:
-        procs = [ctx.Process(target=ring_worker, args=(r, *args)) for r in range(size)]
+        procs = [ctx.Process(target=ring.ring_worker, args=(r, *args)) for r in range(size)]
         for p in procs:
             p.start()
     finally:

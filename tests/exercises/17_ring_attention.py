@@ -100,3 +100,34 @@ EXERCISES = {
         ],
     ),
 }
+
+
+# --- ring_attention_rope -------------------------------------------------------------------------
+
+def _rope(bug):
+    from transformer_course.positions import apply_rope
+
+    def ring_attention_rope(q, k, v, causal=False, group=None, layout="contiguous"):
+        rank, size, n = ring.ring_rank(group), ring.ring_size(group), q.shape[-2]
+        pos = torch.arange(n) if bug == "local" else ring.block_positions(rank, size, n, layout)
+        if bug == "none":
+            return ring.ring_attention(q, k, v, causal, group, layout)
+        k_r = k if bug == "q_only" else apply_rope(k, pos)
+        return ring.ring_attention(apply_rope(q, pos), k_r, v, causal, group, layout)
+
+    return ring_attention_rope
+
+
+def _rope_solution(q, k, v, causal=False, group=None, layout="contiguous"):
+    return _rope("right")(q, k, v, causal, group, layout)
+
+
+EXERCISES["ring_attention_rope"] = Exercise(
+    check=checks.check_ring_attention_rope,
+    solution=_rope_solution,
+    wrong=[
+        (_rope("local"), "as if it started at position 0"),
+        (_rope("none"), "without any rotation"),
+        (_rope("q_only"), "only q was rotated"),
+    ],
+)

@@ -213,3 +213,50 @@ def check_ring_attention(fn, seed: int = 0) -> None:
             fail(_where(o, want_o, head + ": o", atol))
         fail(_where(lse, want_lse, head + ": lse", atol))
     passed(fn, len(cases))
+
+
+# --- ring_attention_rope -------------------------------------------------------------------------
+
+def check_ring_attention_rope(fn, seed: int = 0) -> None:
+    """fn(q, k, v, causal=, group=, layout=) on simulated ranks must equal rotary attention
+    over the whole sequence in one process (positions 0..N-1)."""
+    from ..positions import apply_rope
+    from ..ring import simulate_ring
+
+    def run_on_ranks(q, k, v, P, causal, layout):
+        return simulate_ring(fn, q, k, v, P, causal=causal, layout=layout, timeout=10.0)
+
+    run_on_ranks.__name__ = name_of(fn)
+    with seeded(seed):
+        P = int(torch.randint(2, 5, ()))
+    cases = [(2, "contiguous", False, (2,), 3, 8), (3, "contiguous", True, (1, 2), 4, 16),
+             (P, "zigzag", True, (2,), 4, 8)]
+    for n_case, (P, layout, causal, batch, n, d) in enumerate(cases):
+        N = P * n
+        q, k, v = (t.double() for t in _make(batch, N, N, d, seed + n_case))
+        pos = torch.arange(N)
+        mask = torch.ones(N, N, dtype=torch.bool)
+        mask = mask.tril() if causal else mask
+        want_o, want_lse = _partial(apply_rope(q, pos), apply_rope(k, pos), v, mask)
+        head = (f"{name_of(fn)} on {P} simulated ranks, q, k, v {list(batch) + [N, d]}, "
+                f"causal={causal}, layout={layout!r}")
+        o, lse = call(run_on_ranks, q, k, v, P, causal, layout)
+        expect_tensor(o, f"{head}: o")
+        if tuple(o.shape) != tuple(q.shape):
+            fail(f"{head}: o has shape {list(o.shape)}, expected {list(q.shape)}")
+        if _close(o, want_o, 1e-8) and _close(lse, want_lse, 1e-8):
+            continue
+        from ..ring import gather_sequence
+
+        local = gather_sequence([torch.arange(n)[:, None].double()] * P, layout)[:, 0]
+        wrong_o, _ = _partial(apply_rope(q, local), apply_rope(k, local), v, mask)
+        if _close(o, wrong_o, 1e-8):
+            fail(f"{head}: every rank rotated its block as if it started at position 0. "
+                 "Rotate by the tokens' global positions: block_positions(rank, size, n, "
+                 "layout)")
+        if _close(o, _partial(q, k, v, mask)[0], 1e-8):
+            fail(f"{head}: o is attention without any rotation: apply apply_rope to q and k")
+        if _close(o, _partial(apply_rope(q, pos), k, v, mask)[0], 1e-8):
+            fail(f"{head}: only q was rotated: rotate k by its positions too")
+        fail(_where(o, want_o, head + ": o", 1e-8))
+    passed(fn, len(cases))
