@@ -82,7 +82,8 @@ def gather_sequence(parts: list, layout: str = "contiguous", dim: int = -2):
     """Inverse of split_sequence: put every rank's block back at its positions."""
     size, n_local = len(parts), parts[0].shape[dim]
     pos = torch.cat([block_positions(r, size, n_local, layout) for r in range(size)])
-    return torch.cat(parts, dim).index_select(dim, torch.argsort(pos).to(parts[0].device))
+    order = torch.argsort(pos).to(parts[0].device)
+    return torch.cat(parts, dim).index_select(dim, order)
 
 
 class _Pending:
@@ -118,15 +119,17 @@ def ring_shift(t, group=None):
     return _Pending(buf, reqs)
 
 
-def ring_attention(q, k, v, causal: bool = False, group=None, layout: str = "contiguous"):
+def ring_attention(q, k, v, causal: bool = False, group=None,
+                   layout: str = "contiguous"):
     """This rank's (o [..., n, d], lse [..., n]) of attention over the whole sequence,
-    whose blocks of n positions are spread over the ranks of group (see block_positions).
+    whose blocks of n positions are spread over the ranks of group (see
+    block_positions).
 
     K/V blocks travel around the ring with ring_shift; partial results merge by their
     log-sum-exp (natural log)."""
     if q.shape != k.shape or k.shape != v.shape:
-        raise ValueError(f"expected q, k, v of one shape [..., n, d], got {list(q.shape)}, "
-                         f"{list(k.shape)}, {list(v.shape)}")
+        raise ValueError(f"expected q, k, v of one shape [..., n, d], got "
+                         f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
     rank, size, n = ring_rank(group), ring_size(group), q.shape[-2]
     q_pos = block_positions(rank, size, n, layout).to(q.device)
     o = torch.zeros_like(q)
@@ -159,7 +162,7 @@ class SimulatedRank:
                 try:
                     got = box.get(timeout=timeout)
                 except queue.Empty:
-                    raise TimeoutError("no block arrived from the previous rank") from None
+                    raise TimeoutError("no block came from the previous rank") from None
                 if got is None:  # another rank failed
                     raise RuntimeError("another simulated rank failed")
                 return got
@@ -178,14 +181,15 @@ def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
     def run(r):
         try:
             group = SimulatedRank(r, size, inboxes, timeout)
-            out[r] = fn(parts[0][r], parts[1][r], parts[2][r], causal=causal, group=group,
-                        layout=layout)
+            q_r, k_r, v_r = (p[r] for p in parts)
+            out[r] = fn(q_r, k_r, v_r, causal=causal, group=group, layout=layout)
         except BaseException as e:  # noqa: BLE001 (re-raised in the caller)
             errors.append(e)
             for box in inboxes:  # release the ranks waiting for a block from this one
                 box.put(None)
 
-    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(size)]
+    threads = [threading.Thread(target=run, args=(r,), daemon=True)
+               for r in range(size)]
     for t in threads:
         t.start()
     for t in threads:
@@ -196,7 +200,8 @@ def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
         raise TimeoutError(f"simulated ring of {size} ranks did not finish")
     for r, res in enumerate(out):
         if not isinstance(res, (tuple, list)) or len(res) != 2:
-            raise TypeError(f"rank {r} returned {type(res).__name__}, expected (o, lse)")
+            raise TypeError(f"rank {r} returned {type(res).__name__}, "
+                            "expected (o, lse)")
     return (gather_sequence([res[0] for res in out], layout),
             gather_sequence([res[1] for res in out], layout, dim=-1))
 
@@ -213,7 +218,8 @@ def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1):
                             timeout=timedelta(seconds=60))
     try:
         dev = f"cuda:{rank}" if use_nccl else "cpu"
-        q_r, k_r, v_r = (split_sequence(t, size, layout)[rank].to(dev) for t in (q, k, v))
+        q_r, k_r, v_r = (split_sequence(t, size, layout)[rank].to(dev)
+                         for t in (q, k, v))
         ring_attention(q_r, k_r, v_r, causal, None, layout)  # warm-up
         dist.barrier()
         start = time.perf_counter()
@@ -224,10 +230,10 @@ def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1):
         # q, k, v, o (4), the stacked K/V in hand (2) and arriving (2), lse, one [n, n]
         # score block per head
         held = (q_r.numel() * 8 + lse.numel() + lse.numel() * n) * q_r.element_size()
-        # numpy arrays travel by value (a tensor would travel as a handle to this process's
-        # shared memory, gone once it exits)
-        results.put((rank, dist.get_backend(), o.cpu().numpy(), lse.cpu().numpy(), seconds,
-                     held))
+        # numpy arrays travel by value (a tensor would travel as a handle to this
+        # process's shared memory, gone once it exits)
+        results.put((rank, dist.get_backend(), o.cpu().numpy(), lse.cpu().numpy(),
+                     seconds, held))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -242,17 +248,20 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
 
     import torch.multiprocessing as mp
 
-    from transformer_course import ring  # the packaged worker: spawned processes import it
+    # the packaged worker: spawned processes can import it
+    from transformer_course import ring
     from transformer_course.machine import free_port
 
     split_sequence(q, size, layout)  # length check before any process starts
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     args = (size, free_port(), q, k, v, causal, layout, results, repeats)
-    main = sys.modules.get("__main__")  # children must not re-run the notebook's __main__
+    # children must not re-run the notebook's __main__
+    main = sys.modules.get("__main__")
     hidden = vars(main).pop("__file__", None) if main is not None else None
     try:
-        procs = [ctx.Process(target=ring.ring_worker, args=(r, *args)) for r in range(size)]
+        procs = [ctx.Process(target=ring.ring_worker, args=(r, *args))
+                 for r in range(size)]
         for p in procs:
             p.start()
     finally:
@@ -265,7 +274,7 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
         for p in procs:
             p.join(max(1.0, deadline - time.monotonic()))
     except queue.Empty:
-        raise TimeoutError(f"ring of {size} processes gave no result in {timeout} s") from None
+        raise TimeoutError(f"{size} processes: no result in {timeout} s") from None
     finally:
         for p in procs:
             if p.is_alive():
