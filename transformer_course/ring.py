@@ -1,0 +1,301 @@
+"""Generated from solutions/17_ring_attention.ipynb by `bash tasks.sh sync`: edit the notebook, not this file."""
+
+import math
+import os
+import queue
+import threading
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def block_attention(q, k, v, q_pos=None, k_pos=None, causal: bool = False):
+    """(o [..., n_q, d], lse [..., n_q]) of q over the keys k, v, with natural-log lse.
+
+    Causal compares global positions: query at q_pos[i] sees key at k_pos[j] when
+    k_pos[j] <= q_pos[i]. Only the rows and columns with a visible pair are computed;
+    rows that see no key get o = 0 and lse = -inf."""
+    if q.shape[-1] != k.shape[-1] or k.shape != v.shape or q.shape[:-2] != k.shape[:-2]:
+        raise ValueError(f"expected q [..., n_q, d], k and v [..., n_k, d], got "
+                         f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    o = torch.zeros_like(q)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+    if not causal:
+        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        lse = torch.logsumexp(s, -1)
+        return torch.softmax(s, -1) @ v, lse
+    mask = k_pos[None, :] <= q_pos[:, None]
+    rows, cols = mask.any(1), mask.any(0)
+    if not rows.any():
+        return o, lse
+    qr, kc, vc = q[..., rows, :], k[..., cols, :], v[..., cols, :]
+    s = qr @ kc.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~mask[rows][:, cols], float("-inf"))
+    lse[..., rows] = torch.logsumexp(s, -1)
+    o[..., rows, :] = torch.softmax(s, -1) @ vc
+    return o, lse
+
+
+def merge_partial_attention(o1, lse1, o2, lse2):
+    """(o, lse) of attention over the keys of two parts, from each part's (o, lse).
+
+    o1, o2: [..., n_q, d]; lse1, lse2: [..., n_q], natural log, -inf where a part had no
+    visible key."""
+    if o1.shape != o2.shape or lse1.shape != lse2.shape or lse1.shape != o1.shape[:-1]:
+        raise ValueError(f"expected o1, o2 [..., n_q, d] and lse1, lse2 [..., n_q], "
+                         f"got {list(o1.shape)}, {list(o2.shape)}, {list(lse1.shape)}, "
+                         f"{list(lse2.shape)}")
+    lse = torch.logaddexp(lse1, lse2)
+    # no key in either part: subtract 0 so that both weights are exp(-inf) = 0, not NaN
+    safe = lse.masked_fill(lse == float("-inf"), 0.0)
+    w1, w2 = torch.exp(lse1 - safe)[..., None], torch.exp(lse2 - safe)[..., None]
+    return w1 * o1 + w2 * o2, lse
+
+
+def block_positions(rank: int, size: int, n_local: int, layout: str = "contiguous"):
+    """Global positions of the n_local tokens rank holds, out of size * n_local."""
+    if layout == "contiguous":
+        return torch.arange(rank * n_local, (rank + 1) * n_local)
+    if layout == "zigzag":
+        if n_local % 2:
+            raise ValueError(f"zigzag needs an even block length, got {n_local}")
+        h = n_local // 2
+        late = 2 * size - 1 - rank
+        return torch.cat([torch.arange(rank * h, (rank + 1) * h),
+                          torch.arange(late * h, (late + 1) * h)])
+    raise ValueError(f"layout must be 'contiguous' or 'zigzag', got {layout!r}")
+
+
+def split_sequence(x, size: int, layout: str = "contiguous", dim: int = -2) -> list:
+    """The blocks of x (positions along dim) that ranks 0..size-1 hold."""
+    n = x.shape[dim]
+    if n % (size * (2 if layout == "zigzag" else 1)):
+        raise ValueError(f"length {n} must be a multiple of {size} ranks"
+                         + (" times 2 for zigzag" if layout == "zigzag" else ""))
+    pos = [block_positions(r, size, n // size, layout) for r in range(size)]
+    return [x.index_select(dim, p.to(x.device)) for p in pos]
+
+
+def gather_sequence(parts: list, layout: str = "contiguous", dim: int = -2):
+    """Inverse of split_sequence: put every rank's block back at its positions."""
+    size, n_local = len(parts), parts[0].shape[dim]
+    pos = torch.cat([block_positions(r, size, n_local, layout) for r in range(size)])
+    order = torch.argsort(pos).to(parts[0].device)
+    return torch.cat(parts, dim).index_select(dim, order)
+
+
+class _Pending:
+    def __init__(self, buf, reqs):
+        self.buf, self.reqs = buf, reqs
+
+    def wait(self):
+        for r in self.reqs:
+            r.wait()
+        return self.buf
+
+
+def ring_rank(group=None) -> int:
+    return group.rank if hasattr(group, "shift") else dist.get_rank(group)
+
+
+def ring_size(group=None) -> int:
+    return group.size if hasattr(group, "shift") else dist.get_world_size(group)
+
+
+def ring_shift(t, group=None):
+    """Start sending t to rank + 1 and receiving from rank - 1 (mod size); returns a
+    handle whose wait() gives the received tensor."""
+    if hasattr(group, "shift"):  # a SimulatedRank
+        return group.shift(t)
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    if group is not None:
+        nxt, prv = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prv)
+    t = t.contiguous()
+    buf = torch.empty_like(t)
+    reqs = [dist.isend(t, nxt, group=group), dist.irecv(buf, prv, group=group)]
+    return _Pending(buf, reqs)
+
+
+def ring_attention(q, k, v, causal: bool = False, group=None,
+                   layout: str = "contiguous"):
+    """This rank's (o [..., n, d], lse [..., n]) of attention over the whole sequence,
+    whose blocks of n positions are spread over the ranks of group (see
+    block_positions).
+
+    K/V blocks travel around the ring with ring_shift; partial results merge by their
+    log-sum-exp (natural log)."""
+    if q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"expected q, k, v of one shape [..., n, d], got "
+                         f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    rank, size, n = ring_rank(group), ring_size(group), q.shape[-2]
+    q_pos = block_positions(rank, size, n, layout).to(q.device)
+    o = torch.zeros_like(q)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+    kv = torch.stack([k, v])
+    for step in range(size):
+        pending = ring_shift(kv, group) if step < size - 1 else None
+        src = (rank - step) % size  # whose block we hold after `step` hops
+        k_pos = block_positions(src, size, n, layout).to(q.device)
+        if not causal or bool((k_pos.min() <= q_pos).any()):  # skip blocks nobody sees
+            o_b, lse_b = block_attention(q, kv[0], kv[1], q_pos, k_pos, causal)
+            o, lse = merge_partial_attention(o, lse, o_b, lse_b)
+        if pending is not None:
+            kv = pending.wait()
+    return o, lse
+
+
+class SimulatedRank:
+    """A rank of a ring simulated by threads in one process: shift() passes tensors."""
+
+    def __init__(self, rank: int, size: int, inboxes: list, timeout: float):
+        self.rank, self.size, self.inboxes, self.timeout = rank, size, inboxes, timeout
+
+    def shift(self, t):
+        self.inboxes[(self.rank + 1) % self.size].put(t.clone())
+        box, timeout = self.inboxes[self.rank], self.timeout
+
+        class Received:
+            def wait(self):
+                try:
+                    got = box.get(timeout=timeout)
+                except queue.Empty:
+                    raise TimeoutError("no block came from the previous rank") from None
+                if got is None:  # another rank failed
+                    raise RuntimeError("another simulated rank failed")
+                return got
+
+        return Received()
+
+
+def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
+                  layout: str = "contiguous", timeout: float = 20.0):
+    """Run fn(q_r, k_r, v_r, causal=, group=SimulatedRank, layout=) on `size` simulated
+    ranks; return (o, lse) gathered into sequence order."""
+    parts = [split_sequence(t, size, layout) for t in (q, k, v)]
+    inboxes = [queue.Queue() for _ in range(size)]
+    out, errors = [None] * size, []
+
+    def run(r):
+        try:
+            group = SimulatedRank(r, size, inboxes, timeout)
+            q_r, k_r, v_r = (p[r] for p in parts)
+            out[r] = fn(q_r, k_r, v_r, causal=causal, group=group, layout=layout)
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller)
+            errors.append(e)
+            for box in inboxes:  # release the ranks waiting for a block from this one
+                box.put(None)
+
+    threads = [threading.Thread(target=run, args=(r,), daemon=True)
+               for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 5)
+    if errors:
+        raise errors[0]
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError(f"simulated ring of {size} ranks did not finish")
+    for r, res in enumerate(out):
+        if not isinstance(res, (tuple, list)) or len(res) != 2:
+            raise TypeError(f"rank {r} returned {type(res).__name__}, "
+                            "expected (o, lse)")
+    return (gather_sequence([res[0] for res in out], layout),
+            gather_sequence([res[1] for res in out], layout, dim=-1))
+
+
+def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1):
+    """Run by each spawned process: join the group, run ring_attention on this rank's
+    block, put (rank, backend, o, lse, seconds, bytes held) on results."""
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= size
+    if use_nccl:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if use_nccl else "gloo", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=60))
+    try:
+        dev = f"cuda:{rank}" if use_nccl else "cpu"
+        q_r, k_r, v_r = (split_sequence(t, size, layout)[rank].to(dev)
+                         for t in (q, k, v))
+        ring_attention(q_r, k_r, v_r, causal, None, layout)  # warm-up
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            o, lse = ring_attention(q_r, k_r, v_r, causal, None, layout)
+        seconds = (time.perf_counter() - start) / repeats
+        n = q_r.shape[-2]
+        # q, k, v, o (4), the stacked K/V in hand (2) and arriving (2), lse, one [n, n]
+        # score block per head
+        held = (q_r.numel() * 8 + lse.numel() + lse.numel() * n) * q_r.element_size()
+        # numpy arrays travel by value (a tensor would travel as a handle to this
+        # process's shared memory, gone once it exits)
+        results.put((rank, dist.get_backend(), o.cpu().numpy(), lse.cpu().numpy(),
+                     seconds, held))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous",
+             timeout: float = 60.0, repeats: int = 1):
+    """Spawn `size` processes running ring_worker; return (o, lse) in sequence order and
+    the per-rank reports [(rank, backend, seconds, bytes)]. Raises TimeoutError if they
+    do not finish within timeout seconds (and terminates them)."""
+    import sys
+
+    import torch.multiprocessing as mp
+
+    # the packaged worker: spawned processes can import it
+    from transformer_course import ring
+    from transformer_course.machine import free_port
+
+    split_sequence(q, size, layout)  # length check before any process starts
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    args = (size, free_port(), q, k, v, causal, layout, results, repeats)
+    # children must not re-run the notebook's __main__
+    main = sys.modules.get("__main__")
+    hidden = vars(main).pop("__file__", None) if main is not None else None
+    try:
+        procs = [ctx.Process(target=ring.ring_worker, args=(r, *args))
+                 for r in range(size)]
+        for p in procs:
+            p.start()
+    finally:
+        if hidden is not None:
+            main.__file__ = hidden
+    reports, deadline = [], time.monotonic() + timeout
+    try:
+        for _ in range(size):
+            reports.append(results.get(timeout=max(1.0, deadline - time.monotonic())))
+        for p in procs:
+            p.join(max(1.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise TimeoutError(f"{size} processes: no result in {timeout} s") from None
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    reports.sort(key=lambda r: r[0])
+    o = gather_sequence([torch.from_numpy(r[2]) for r in reports], layout)
+    lse = gather_sequence([torch.from_numpy(r[3]) for r in reports], layout, dim=-1)
+    return o, lse, [(r[0], r[1], r[4], r[5]) for r in reports]
+
+
+def ring_flops(n: int, size: int, d: int, layout: str = "contiguous",
+               causal: bool = True) -> list:
+    """FLOPs of QK^T and PV that each rank's ring_attention computes for one head."""
+    n_local, flops = n // size, []
+    for rank in range(size):
+        q_pos, total = block_positions(rank, size, n_local, layout), 0
+        for step in range(size):
+            k_pos = block_positions((rank - step) % size, size, n_local, layout)
+            mask = (k_pos[None, :] <= q_pos[:, None]) if causal else torch.ones(
+                n_local, n_local, dtype=torch.bool)
+            total += 4 * int(mask.any(1).sum()) * int(mask.any(0).sum()) * d
+        flops.append(total)
+    return flops
