@@ -1,0 +1,117 @@
+"""Memory held against tokens processed when streaming segments (chapter 15):
+Infini-attention's compressive memory, a Transformer-XL-style cache of the last segment,
+and a full KV cache.
+
+    python benchmarks/infini_memory.py                  # up to 2^20 tokens (about a minute)
+    python benchmarks/infini_memory.py --max-tokens 65536
+
+One head, d_head = 64, segments of 512 random tokens (q, k, v drawn directly), fp32, no
+gradients, torch threads as set by OMP_NUM_THREADS. Each method runs in a fresh process,
+which resets the kernel's high-water mark (VmHWM, /proc/self/clear_refs) after setup and one
+warm-up segment (the libraries' one-time workspaces), and
+reports after 2^10, 2^11, ... tokens:
+  state_bytes   the tensors kept from one segment to the next
+  peak_rss_mb   how far the resident memory rose above its level before the stream, at peak
+  seconds       CPU time (time.process_time) of the stream so far
+  infini   causal attention inside the segment + memory_retrieve / memory_update (linear)
+  txl      causal attention over the previous segment's keys and values and this segment's
+  full_kv  causal attention over all keys and values so far (stopped at --full-max tokens:
+           each segment costs O(tokens so far))
+-> benchmarks/results/infini_memory_cpu.csv
+
+Not run by the tests: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import RESULTS, cpu_name, write_csv
+
+SEGMENT, D = 512, 64
+
+
+def status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def child(method: str, max_tokens: int) -> None:
+    from transformer_course.attention import scaled_dot_product_attention
+    from transformer_course.infini import memory_retrieve, memory_update
+    from transformer_course.long_attention import window_mask
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, SEGMENT, D, generator=g) for _ in range(3))
+    M, z = torch.zeros(1, D, D), torch.zeros(1, D)
+    keys = vals = q[:, :0]
+    # one warm-up call, so that the libraries' one-time workspaces are not counted
+    scaled_dot_product_attention(q, k, v, window_mask(SEGMENT, SEGMENT, SEGMENT))
+    memory_update(k, v, M, z)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before, start, tokens, report = status("VmRSS:"), time.process_time(), 0, 1024
+    with torch.no_grad():
+        while tokens < max_tokens:
+            # new tokens of the stream: perturb so that no work is cached
+            qs, ks, vs = q + tokens * 1e-9, k - tokens * 1e-9, v
+            if method == "infini":
+                local = scaled_dot_product_attention(qs, ks, vs,
+                                                     window_mask(SEGMENT, SEGMENT, SEGMENT))
+                out = 0.5 * memory_retrieve(qs, M, z) + 0.5 * local
+                M, z = memory_update(ks, vs, M, z)
+                held = [M, z]
+            else:
+                keys, vals = torch.cat([keys, ks], 1), torch.cat([vals, vs], 1)
+                if method == "txl":
+                    keys, vals = keys[:, -2 * SEGMENT:], vals[:, -2 * SEGMENT:]
+                n_k = keys.shape[1]
+                out = scaled_dot_product_attention(qs, keys, vals,
+                                                   window_mask(SEGMENT, n_k, n_k))
+                if method == "txl":                      # keep only this segment for later
+                    keys, vals = keys[:, -SEGMENT:], vals[:, -SEGMENT:]
+                held = [keys, vals]
+            del out
+            tokens += SEGMENT
+            if tokens >= report:
+                print(json.dumps({
+                    "tokens": tokens,
+                    "state_bytes": sum(t.numel() * t.element_size() for t in held),
+                    "peak_rss_mb": round((status("VmHWM:") - before) / 2**20, 2),
+                    "seconds": round(time.process_time() - start, 3)}), flush=True)
+                report *= 2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--max-tokens", type=int, default=2**20)
+    p.add_argument("--full-max", type=int, default=2**15)
+    p.add_argument("--child", nargs=2)
+    a = p.parse_args()
+    if a.child:
+        return child(a.child[0], int(a.child[1]))
+    rows = []
+    for method in ("infini", "txl", "full_kv"):
+        cap = min(a.max_tokens, a.full_max) if method == "full_kv" else a.max_tokens
+        res = subprocess.run([sys.executable, __file__, "--child", method, str(cap)],
+                             capture_output=True, text=True, check=True)
+        for line in res.stdout.splitlines():
+            r = json.loads(line)
+            rows.append({"cpu": cpu_name(), "threads": torch.get_num_threads(),
+                         "method": method, "d_head": D, "segment": SEGMENT, **r})
+            print(rows[-1])
+    write_csv(rows, RESULTS / "infini_memory_cpu.csv")
+
+
+if __name__ == "__main__":
+    main()
