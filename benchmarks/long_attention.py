@@ -26,27 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import torch
 
-from common import RESULTS, write_csv
+from common import RESULTS, cpu_name, write_csv
 
 METHODS = ("full", "sliding_window", "block_sparse", "linear")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def child(method: str, n: int, d: int) -> None:
