@@ -44,8 +44,8 @@ def main() -> None:
             if layout == "zigzag" and not causal:
                 continue
             for P in (1, 2, 4):
-                _, _, reports = run_ring(q, k, v, P, causal, layout, timeout=300,
-                                         repeats=args.repeats)
+                reports = run_ring(q, k, v, P, causal, layout, timeout=300,
+                                   repeats=args.repeats).reports
                 ms = [r[2] * 1e3 for r in reports]
                 flops = [f * args.heads for f in ring_flops(args.n, P, args.d, layout, causal)]
                 rows.append(dict(hardware=cpu_name(), device="cpu", backend=reports[0][1],

@@ -1,16 +1,90 @@
-"""Chapter 17: ring attention in real processes (gloo on the CPU), with a time limit."""
+"""Chapter 17: ring attention's forward and backward rings, in simulated ranks (threads),
+in real processes (gloo on the CPU) and launched by torchrun, each with a time limit."""
 
+import queue
+import subprocess
+import sys
+import threading
+
+import pytest
 import torch
 
-from transformer_course.ring import block_attention, run_ring
+from transformer_course.ring import (RingAttention, SimulatedRank, block_attention,
+                                     gather_sequence, run_ring, split_sequence)
 
 
-def test_four_gloo_processes_equal_single_process_attention():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 24, 8, generator=g) for _ in range(3))
-    want_o, want_lse = block_attention(q.double(), k.double(), v.double(),
-                                       torch.arange(24), torch.arange(24), causal=True)
-    o, lse, reports = run_ring(q, k, v, 4, causal=True, layout="zigzag", timeout=120)
-    assert [r[0] for r in reports] == [0, 1, 2, 3] and reports[0][1] == "gloo"
-    assert (o.double() - want_o).abs().max() < 1e-5, "ring output differs from attention"
-    assert (lse.double() - want_lse).abs().max() < 1e-5, "ring lse differs from attention"
+def inputs(n, seed=0):
+    """q, k, v, do [2, 3, n, 8] and dlse [2, 3, n] in float64."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, do = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64)
+                   for _ in range(4))
+    return q, k, v, do, torch.randn(2, 3, n, generator=g, dtype=torch.float64)
+
+
+def reference(q, k, v, do, dlse, causal):
+    """o, lse, dq, dk, dv of attention over the whole sequence, by autograd."""
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    pos = torch.arange(q.shape[-2])
+    out = block_attention(*leaves, pos, pos, causal)
+    torch.autograd.backward(out, (do, dlse))
+    return [t.detach() for t in out] + [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("size, layout, causal", [(1, "contiguous", True),
+                                                  (2, "contiguous", False),
+                                                  (3, "contiguous", True),
+                                                  (4, "zigzag", True)])
+def test_backward_ring_on_simulated_ranks_equals_autograd(size, layout, causal):
+    q, k, v, do, dlse = inputs(24)
+    want = reference(q, k, v, do, dlse, causal)
+    parts = [split_sequence(t, size, layout) for t in (q, k, v, do)]
+    parts.append(split_sequence(dlse, size, layout, dim=-1))
+    inboxes, got = [queue.Queue() for _ in range(size)], [None] * size
+
+    def rank(r):
+        leaves = [p[r].clone().requires_grad_() for p in parts[:3]]
+        o, lse = RingAttention.apply(*leaves, causal, SimulatedRank(r, size, inboxes, 10.0),
+                                     layout)
+        torch.autograd.backward((o, lse), (parts[3][r], parts[4][r]))
+        got[r] = [o.detach(), lse.detach()] + [t.grad for t in leaves]
+
+    threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(g is not None for g in got), "a simulated rank failed or hung"
+    for i, name in enumerate(("o", "lse", "dq", "dk", "dv")):
+        mine = gather_sequence([g[i] for g in got], layout, dim=-1 if i == 1 else -2)
+        err = (mine - want[i]).abs().max().item()
+        assert err < 1e-12, f"{name} of the ring differs from autograd by {err:.1e}"
+
+
+def test_four_gloo_processes_equal_single_process_attention_and_gradients():
+    q, k, v, do, dlse = inputs(24)
+    want = reference(q, k, v, do, dlse, causal=True)
+    run = run_ring(q, k, v, 4, causal=True, layout="zigzag", timeout=120,
+                   grads_out=(do, dlse))
+    assert [r[0] for r in run.reports] == [0, 1, 2, 3] and run.reports[0][1] == "gloo"
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), (run.o, run.lse, *run.grads),
+                          want):
+        assert (a - b).abs().max() < 1e-12, f"ring {name} differs from attention"
+
+
+def test_torchrun_launch_checks_forward_and_backward():
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", "2", "-m", "transformer_course.ring", "--causal",
+           "--length", "64"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("ring attention on 2 processes (gloo), N = 64"), lines
+    errs = dict(part.split() for part in lines[1].split(","))
+    assert set(errs) == {"o", "lse", "dq", "dk", "dv"}
+    assert all(float(e) < 1e-12 for e in errs.values()), errs
+
+
+def test_main_refuses_to_run_without_torchrun():
+    done = subprocess.run([sys.executable, "-m", "transformer_course.ring"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "start it with torchrun" in done.stderr

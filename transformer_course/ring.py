@@ -5,6 +5,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -104,10 +105,11 @@ def ring_size(group=None) -> int:
     return group.size if hasattr(group, "shift") else dist.get_world_size(group)
 
 
-def ring_shift(t, group=None):
+def ring_shift(t, group=None, tag: int = 0):
     """Start sending t to rank + 1 and receiving from rank - 1 (mod size); returns a
-    handle whose wait() gives the received tensor."""
-    if hasattr(group, "shift"):  # a SimulatedRank
+    handle whose wait() gives the received tensor. Messages of one tag arrive in
+    order."""
+    if hasattr(group, "shift"):  # a SimulatedRank: one queue, kept in order
         return group.shift(t)
     rank, size = dist.get_rank(group), dist.get_world_size(group)
     nxt, prv = (rank + 1) % size, (rank - 1) % size
@@ -115,7 +117,8 @@ def ring_shift(t, group=None):
         nxt, prv = dist.get_global_rank(group, nxt), dist.get_global_rank(group, prv)
     t = t.contiguous()
     buf = torch.empty_like(t)
-    reqs = [dist.isend(t, nxt, group=group), dist.irecv(buf, prv, group=group)]
+    reqs = [dist.isend(t, nxt, group=group, tag=tag),
+            dist.irecv(buf, prv, group=group, tag=tag)]
     return _Pending(buf, reqs)
 
 
@@ -206,18 +209,86 @@ def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
             gather_sequence([res[1] for res in out], layout, dim=-1))
 
 
-def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1):
+def block_attention_backward(q, k, v, o, lse, do, dlse, q_pos=None, k_pos=None,
+                             causal: bool = False):
+    """(dq, dk, dv): one key block's share of the gradients of attention whose final
+    output and lse (over all blocks) are o [..., n_q, d] and lse [..., n_q]."""
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    # a query that saw no key at all has lse = -inf: +inf makes its p exactly 0
+    p = torch.exp(s - lse.masked_fill(lse == float("-inf"), float("inf"))[..., None])
+    if causal:
+        p = p.masked_fill(k_pos[None, :] > q_pos[:, None], 0.0)
+    D = (do * o).sum(-1, keepdim=True)  # rowsum(dO ∘ O), as in chapter 12
+    ds = p * (do @ v.transpose(-2, -1) - D + dlse[..., None])
+    scale = 1 / math.sqrt(q.shape[-1])
+    return ds @ k * scale, ds.transpose(-2, -1) @ q * scale, p.transpose(-2, -1) @ do
+
+
+def ring_attention_backward(q, k, v, o, lse, do, dlse, causal: bool = False,
+                            group=None, layout: str = "contiguous"):
+    """This rank's (dq, dk, dv) for its blocks, from its o, lse and their gradients do,
+    dlse: the K/V blocks go around the ring again, their dk, dv accumulating with
+    them."""
+    rank, size, n = ring_rank(group), ring_size(group), q.shape[-2]
+    q_pos = block_positions(rank, size, n, layout).to(q.device)
+    dq = torch.zeros_like(q)
+    kv = torch.stack([k, v])
+    dkv = torch.zeros_like(kv)
+    for step in range(size):
+        pending = ring_shift(kv, group) if step < size - 1 else None
+        k_pos = block_positions((rank - step) % size, size, n, layout).to(q.device)
+        if not causal or bool((k_pos.min() <= q_pos).any()):
+            dq_b, dk_b, dv_b = block_attention_backward(q, kv[0], kv[1], o, lse, do,
+                                                        dlse, q_pos, k_pos, causal)
+            dq = dq + dq_b
+            dkv = dkv + torch.stack([dk_b, dv_b])
+        if pending is not None:
+            kv = pending.wait()
+        # the block's gradients follow the block (after the last step: back home); a
+        # tag of their own, so they cannot be taken for the next K/V block
+        dkv = ring_shift(dkv, group, tag=1).wait()
+    return dq, dkv[0], dkv[1]
+
+
+class RingAttention(torch.autograd.Function):
+    """ring_attention with its backward ring: (o, lse) = RingAttention.apply(q, k, v,
+    causal, group, layout), differentiable in q, k, v on every rank."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal=False, group=None, layout="contiguous"):
+        o, lse = ring_attention(q, k, v, causal, group, layout)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.args = (causal, group, layout)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        grads = ring_attention_backward(*ctx.saved_tensors, do, dlse, *ctx.args)
+        return (*grads, None, None, None)
+
+
+def join_ring(rank: int, size: int, gpu: int | None = None) -> torch.device:
+    """Join the default process group (address from the environment): NCCL on GPU `gpu`
+    when given (every rank needs its own), else gloo on the CPU. Returns the device."""
+    if gpu is None:
+        dist.init_process_group("gloo", rank=rank, world_size=size,
+                                timeout=timedelta(seconds=60))
+        return torch.device("cpu")
+    torch.cuda.set_device(gpu)
+    dist.init_process_group("nccl", rank=rank, world_size=size,
+                            timeout=timedelta(seconds=60))
+    return torch.device("cuda", gpu)
+
+
+def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1,
+                grads_out=None):
     """Run by each spawned process: join the group, run ring_attention on this rank's
-    block, put (rank, backend, o, lse, seconds, bytes held) on results."""
+    block and, given grads_out = (do, dlse), the backward ring; put (rank, backend, o,
+    lse, seconds, bytes held, (dq, dk, dv) or None) on results."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
-    use_nccl = torch.cuda.is_available() and torch.cuda.device_count() >= size
-    if use_nccl:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if use_nccl else "gloo", rank=rank, world_size=size,
-                            timeout=timedelta(seconds=60))
+    dev = join_ring(rank, size, rank if torch.cuda.device_count() >= size else None)
     try:
-        dev = f"cuda:{rank}" if use_nccl else "cpu"
         q_r, k_r, v_r = (split_sequence(t, size, layout)[rank].to(dev)
                          for t in (q, k, v))
         ring_attention(q_r, k_r, v_r, causal, None, layout)  # warm-up
@@ -230,20 +301,38 @@ def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1):
         # q, k, v, o (4), the stacked K/V in hand (2) and arriving (2), lse, one [n, n]
         # score block per head
         held = (q_r.numel() * 8 + lse.numel() + lse.numel() * n) * q_r.element_size()
+        grads = None
+        if grads_out is not None:
+            do, dlse = (split_sequence(t, size, layout, dim)[rank].to(dev)
+                        for t, dim in zip(grads_out, (-2, -1)))
+            leaves = [t.detach().requires_grad_() for t in (q_r, k_r, v_r)]
+            out = RingAttention.apply(*leaves, causal, None, layout)
+            torch.autograd.backward(out, (do, dlse))
+            grads = tuple(t.grad.cpu().numpy() for t in leaves)
         # numpy arrays travel by value (a tensor would travel as a handle to this
         # process's shared memory, gone once it exits)
         results.put((rank, dist.get_backend(), o.cpu().numpy(), lse.cpu().numpy(),
-                     seconds, held))
+                     seconds, held, grads))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
+@dataclass
+class RingRun:
+    """What run_ring brings back, in sequence order: o, lse, the gradients (dq, dk, dv)
+    when asked for, and per rank (rank, backend, seconds, bytes held)."""
+    o: torch.Tensor
+    lse: torch.Tensor
+    grads: tuple | None
+    reports: list
+
+
 def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous",
-             timeout: float = 60.0, repeats: int = 1):
-    """Spawn `size` processes running ring_worker; return (o, lse) in sequence order and
-    the per-rank reports [(rank, backend, seconds, bytes)]. Raises TimeoutError if they
-    do not finish within timeout seconds (and terminates them)."""
+             timeout: float = 60.0, repeats: int = 1, grads_out=None) -> RingRun:
+    """Spawn `size` processes running ring_worker on the blocks of q, k, v [..., N, d]
+    (and of grads_out = (do [..., N, d], dlse [..., N]) for the backward ring). Raises
+    TimeoutError if they do not finish within timeout seconds (and terminates them)."""
     import sys
 
     import torch.multiprocessing as mp
@@ -255,7 +344,7 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
     split_sequence(q, size, layout)  # length check before any process starts
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    args = (size, free_port(), q, k, v, causal, layout, results, repeats)
+    args = (size, free_port(), q, k, v, causal, layout, results, repeats, grads_out)
     # children must not re-run the notebook's __main__
     main = sys.modules.get("__main__")
     hidden = vars(main).pop("__file__", None) if main is not None else None
@@ -281,9 +370,75 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
                 p.terminate()
                 p.join(5)
     reports.sort(key=lambda r: r[0])
-    o = gather_sequence([torch.from_numpy(r[2]) for r in reports], layout)
-    lse = gather_sequence([torch.from_numpy(r[3]) for r in reports], layout, dim=-1)
-    return o, lse, [(r[0], r[1], r[4], r[5]) for r in reports]
+
+    def gather(i, dim=-2):
+        return gather_sequence([torch.from_numpy(r[i]) for r in reports], layout, dim)
+
+    grads = None
+    if grads_out is not None:
+        grads = tuple(gather_sequence([torch.from_numpy(r[6][j]) for r in reports],
+                                      layout) for j in range(3))
+    return RingRun(gather(2), gather(3, -1), grads,
+                   [(r[0], r[1], r[4], r[5]) for r in reports])
+
+
+def main(argv=None) -> None:
+    """Run in the processes torchrun starts: ring attention's forward and backward on
+    every rank, checked against attention over the whole sequence (float64)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="torchrun ... -m transformer_course.ring",
+                                 description=main.__doc__)
+    ap.add_argument("--length", type=int, default=256, help="sequence length N")
+    ap.add_argument("--heads", type=int, default=2, help="heads H")
+    ap.add_argument("--d-head", type=int, default=32)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--layout", default="contiguous", choices=("contiguous", "zigzag"))
+    args = ap.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        ap.error("start it with torchrun (see the chapter), not with python")
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ["LOCAL_RANK"])
+    gpus_enough = torch.cuda.device_count() >= int(os.environ["LOCAL_WORLD_SIZE"])
+    dev = join_ring(rank, size, local if gpus_enough else None)
+    try:
+        g = torch.Generator().manual_seed(0)  # the same sequence on every rank
+        shape = (1, args.heads, args.length, args.d_head)
+        q, k, v, do = (torch.randn(shape, generator=g, dtype=torch.float64)
+                       for _ in range(4))
+        dlse = torch.randn(shape[:-1], generator=g, dtype=torch.float64)
+        everything = [t.clone().requires_grad_() for t in (q, k, v)]
+        pos = torch.arange(args.length)
+        want = block_attention(*everything, pos, pos, args.causal)
+        torch.autograd.backward(want, (do, dlse))
+        want = [*want, *(t.grad for t in everything)]
+
+        def block(t):  # this rank's positions of a [..., N, d] or [..., N] tensor
+            dim = -1 if t.dim() == 3 else -2
+            return split_sequence(t.detach(), size, args.layout, dim)[rank].to(dev)
+
+        mine = [block(t).requires_grad_() for t in (q, k, v)]
+        got = RingAttention.apply(*mine, args.causal, None, args.layout)
+        torch.autograd.backward(got, (block(do), block(dlse)))
+        got = [*got, *(t.grad for t in mine)]
+        err = torch.stack([(a.detach() - block(b)).abs().max()
+                           for a, b in zip(got, want)])
+        dist.all_reduce(err, op=dist.ReduceOp.MAX)
+        if rank == 0:
+            names = ("o", "lse", "dq", "dk", "dv")
+            print(f"ring attention on {size} processes ({dist.get_backend()}), "
+                  f"N = {args.length}, causal={args.causal}, {args.layout}: largest "
+                  "difference from attention over the whole sequence:")
+            print("  " + ", ".join(f"{n} {e:.0e}" for n, e in zip(names, err.tolist())))
+        if err.max() > 1e-10:
+            raise SystemExit(f"rank {rank}: ring attention differs from attention")
+    finally:
+        dist.destroy_process_group()
+
+
+# `python -m` (which torchrun runs) sets __spec__; a notebook's __main__ has none
+if __name__ == "__main__" and __spec__ is not None:
+    main()
 
 
 def ring_flops(n: int, size: int, d: int, layout: str = "contiguous",
