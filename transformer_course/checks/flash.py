@@ -362,14 +362,22 @@ def check_merge_attention(fn, seed: int = 0) -> None:
     with seeded(seed):
         cases.append(((2, 2), int(torch.randint(2, 30, ())), 40, 32, int(torch.randint(1, 39, ())),
                       True, 1.0, "random"))
-    for n, (batch, n_q, n_k, d, split, causal, spread, what) in enumerate(cases):
+    check_merge(fn, seed, [(batch, n_q, n_k, d, split, spread, _visible(n_q, n_k) if causal
+                            else torch.ones(n_q, n_k, dtype=torch.bool), what)
+                           for batch, n_q, n_k, d, split, causal, spread, what in cases])
+
+
+def check_merge(fn, seed: int, cases: list) -> None:
+    """The merge checks of chapters 12 and 17: for each (batch, n_q, n_k, d, split, spread,
+    mask, what), fn must merge the partial attentions over keys [:split] and [split:] into
+    attention over all keys under mask [n_q, n_k]."""
+    for n, (batch, n_q, n_k, d, split, spread, mask, what) in enumerate(cases):
         q, k, v = (t.double() for t in _make(batch, n_q, n_k, d, seed + n, spread=spread))
-        mask = _visible(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
         o1, lse1 = _partial(q, k[..., :split, :], v[..., :split, :], mask[:, :split])
         o2, lse2 = _partial(q, k[..., split:, :], v[..., split:, :], mask[:, split:])
         want_o, want_lse = _partial(q, k, v, mask)
         args = [t.float() for t in (o1, lse1, o2, lse2)]
-        head = (f"{name_of(fn)}(o1, lse1, o2, lse2) for q {list(q.shape)}, keys split "
+        head = (f"{name_of(fn)}(o1, lse1, o2, lse2) for o1 {list(o1.shape)}, keys split "
                 f"{split} + {n_k - split} [{what}]")
         out = call(fn, *args)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -383,21 +391,34 @@ def check_merge_attention(fn, seed: int = 0) -> None:
         atol = 1e-4 if spread > 1 else 2e-5
         if _close(o, want_o, atol) and _close(lse, want_lse, atol):
             continue
-        g = o.detach().double()
-        if not torch.isfinite(g).all():
-            empty = (lse1 == -math.inf) & (lse2 == -math.inf)
-            if empty.any() and not torch.isfinite(g[empty]).all():
-                fail(f"{head}: o is not finite where a query saw no key in either part "
-                     "(lse1 = lse2 = -inf). There o must be 0 and lse -inf: compute the weights "
-                     "exp(lse1 - lse) with 0 in place of lse = -inf")
-            fail(f"{head}: o contains inf or NaN: exp(lse) overflows fp32 above lse ≈ 88. "
-                 "Never exponentiate an lse alone: lse = logaddexp(lse1, lse2), weights "
-                 "exp(lse1 - lse) and exp(lse2 - lse)")
-        if _close(g, (o1 + o2) / 2, atol):
-            fail(f"{head}: your o is the plain average of o1 and o2, but the parts carry "
-                 "different weight: part 1 holds the fraction exp(lse1 - lse) of the softmax")
-        if not _close(o, want_o, atol):
-            fail(_where(o, want_o, head + ": o", atol))
-        fail(_where(lse, want_lse, head + ": lse", atol) + ". lse = log(exp(lse1) + exp(lse2))"
-             ", computed stably by torch.logaddexp")
+        _diagnose_merge(o.detach().double(), lse.detach().double(), o1, lse1, o2, lse2,
+                        want_o, want_lse, atol, head)
     passed(fn, len(cases))
+
+
+def _diagnose_merge(g, gl, o1, lse1, o2, lse2, want_o, want_lse, atol, head) -> None:
+    if not torch.isfinite(g).all():
+        both = (lse1 == -math.inf) & (lse2 == -math.inf)
+        if both.any() and not torch.isfinite(g[both]).all():
+            fail(f"{head}: o is NaN where a query saw no key in either part (lse1 = lse2 "
+                 "= -inf). There o must be 0 and lse -inf: compute the weights "
+                 "exp(lse1 - lse) with 0 in place of lse = -inf")
+        fail(f"{head}: o contains inf or NaN: exp(lse) overflows float32 above lse ≈ 88. "
+             "Never exponentiate an lse alone: lse = logaddexp(lse1, lse2), weights "
+             "exp(lse1 - lse) and exp(lse2 - lse)")
+    if _close(g, (o1 + o2) / 2, atol):
+        fail(f"{head}: your o is the plain average of o1 and o2, but the parts carry "
+             "different weight: part 1 holds the fraction exp(lse1 - lse) of the softmax")
+    if _close(gl, want_lse / math.log(2), atol) or _close(gl, torch.logaddexp2(lse1, lse2),
+                                                          atol):
+        fail(f"{head}: your lse is in base 2 (log2 / exp2 / logaddexp2), but lse1 and "
+             "lse2 are natural logs, log sum exp(s), and so must the result be: use "
+             "torch.logaddexp and torch.exp")
+    if _close(g, want_o, atol) and _close(gl, torch.maximum(lse1, lse2), atol):
+        fail(f"{head}: o is right but your lse is max(lse1, lse2): the max is only the "
+             "larger part's normalizer. lse = log(exp(lse1) + exp(lse2)), computed "
+             "stably by torch.logaddexp")
+    if not _close(g, want_o, atol):
+        fail(_where(g, want_o, head + ": o", atol))
+    fail(_where(gl, want_lse, head + ": lse", atol) + ". lse = log(exp(lse1) + "
+         "exp(lse2)), computed stably by torch.logaddexp")

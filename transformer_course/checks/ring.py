@@ -9,15 +9,10 @@ the known bugs each show a different symptom.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import call, expect_tensor, fail, name_of, passed, seeded
-from .flash import _close, _make, _partial, _where
-
-LOG2E = 1 / math.log(2)
-INF = math.inf
+from .flash import _close, _make, _partial, _where, check_merge
 
 
 # --- merge_partial_attention ---------------------------------------------------------------------
@@ -49,54 +44,10 @@ def _merge_mask(n_q, n_k, split, empty, seed):
 
 def check_merge_partial_attention(fn, seed: int = 0) -> None:
     """fn(o1, lse1, o2, lse2) must give attention over the union of two parts of the keys."""
-    cases = _merge_cases(seed)
-    for n, (batch, n_q, n_k, d, split, spread, empty, what) in enumerate(cases):
-        q, k, v = (t.double() for t in _make(batch, n_q, n_k, d, seed + n, spread=spread))
-        mask = _merge_mask(n_q, n_k, split, empty, seed + n)
-        o1, lse1 = _partial(q, k[..., :split, :], v[..., :split, :], mask[:, :split])
-        o2, lse2 = _partial(q, k[..., split:, :], v[..., split:, :], mask[:, split:])
-        want_o, want_lse = _partial(q, k, v, mask)
-        args = [t.float() for t in (o1, lse1, o2, lse2)]
-        head = (f"{name_of(fn)}(o1, lse1, o2, lse2) for o1 {list(o1.shape)}, keys split "
-                f"{split} + {n_k - split} [{what}]")
-        out = call(fn, *args)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            fail(f"{head} returned {type(out).__name__}, expected a pair (o, lse)")
-        o, lse = out
-        expect_tensor(o, f"{head}: o")
-        expect_tensor(lse, f"{head}: lse")
-        if tuple(o.shape) != tuple(o1.shape) or tuple(lse.shape) != tuple(lse1.shape):
-            fail(f"{head}: o and lse have shapes {list(o.shape)} and {list(lse.shape)}, "
-                 f"expected {list(o1.shape)} and {list(lse1.shape)}")
-        atol = 1e-4 if spread > 1 else 2e-5
-        if _close(o, want_o, atol) and _close(lse, want_lse, atol):
-            continue
-        g, gl = o.detach().double(), lse.detach().double()
-        if not torch.isfinite(g).all():
-            both = (lse1 == -INF) & (lse2 == -INF)
-            if both.any() and not torch.isfinite(g[both]).all():
-                fail(f"{head}: o is NaN where a query saw no key in either part (lse1 = lse2 "
-                     "= -inf). There o must be 0 and lse -inf: compute the weights "
-                     "exp(lse1 - lse) with 0 in place of lse = -inf")
-            fail(f"{head}: o contains inf or NaN: exp(lse) overflows float32 above lse ≈ 88. "
-                 "Never exponentiate an lse alone: lse = logaddexp(lse1, lse2), weights "
-                 "exp(lse1 - lse) and exp(lse2 - lse)")
-        if _close(g, (o1 + o2) / 2, atol):
-            fail(f"{head}: your o is the plain average of o1 and o2, but the parts carry "
-                 "different weight: part 1 holds the fraction exp(lse1 - lse) of the softmax")
-        if _close(gl, want_lse * LOG2E, atol) or _close(gl, torch.logaddexp2(lse1, lse2), atol):
-            fail(f"{head}: your lse is in base 2 (log2 / exp2 / logaddexp2), but lse1 and "
-                 "lse2 are natural logs, log sum exp(s), and so must the result be: use "
-                 "torch.logaddexp and torch.exp")
-        if _close(g, want_o, atol) and _close(gl, torch.maximum(lse1, lse2), atol):
-            fail(f"{head}: o is right but your lse is max(lse1, lse2): the max is only the "
-                 "larger part's normalizer. lse = log(exp(lse1) + exp(lse2)), computed "
-                 "stably by torch.logaddexp")
-        if not _close(o, want_o, atol):
-            fail(_where(o, want_o, head + ": o", atol))
-        fail(_where(lse, want_lse, head + ": lse", atol) + ". lse = log(exp(lse1) + "
-             "exp(lse2)), computed stably by torch.logaddexp")
-    passed(fn, len(cases))
+    check_merge(fn, seed, [(batch, n_q, n_k, d, split, spread,
+                            _merge_mask(n_q, n_k, split, empty, seed + n), what)
+                           for n, (batch, n_q, n_k, d, split, spread, empty, what)
+                           in enumerate(_merge_cases(seed))])
 
 
 # --- ring_attention ------------------------------------------------------------------------------
