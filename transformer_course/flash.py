@@ -205,8 +205,8 @@ if triton is not None:
         tl.store(LSE + bh * n_q + rows, lse, mask=rows < n_q)
 
 
-def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
-    """Attention by flash_forward_kernel: a program per (query block, batch·head)."""
+def flash_forward_triton(q, k, v, causal: bool = False):
+    """(o, lse) by flash_forward_kernel, one program per (query block, batch·head)."""
     validate_qkv(q, k, v)
     if triton is None:
         raise RuntimeError("Triton is not available on this machine (it needs Linux)")
@@ -222,7 +222,12 @@ def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
         q3, k3, v3, o, lse, n_q, n_k, d, 1 / math.sqrt(d), CAUSAL=causal,
         BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    return o.reshape(q.shape)
+    return o.reshape(q.shape), lse.reshape(q.shape[:-1])
+
+
+def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
+    """Attention by flash_forward_kernel."""
+    return flash_forward_triton(q, k, v, causal)[0]
 
 
 if triton is not None:
@@ -292,23 +297,6 @@ def flash_attention_triton_backward(q, k, v, o, lse, do, causal: bool = False):
         BLOCK_D=max(16, triton.next_power_of_2(d)),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return dq.to(q.dtype).reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
-
-
-def flash_forward_triton(q, k, v, causal: bool = False):
-    """(o, lse) by flash_forward_kernel: the launch of flash_attention_triton."""
-    validate_qkv(q, k, v)
-    if triton is None:
-        raise RuntimeError("Triton is not available on this machine (it needs Linux)")
-    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
-    q3, k3, v3 = (t.reshape(-1, t.shape[-2], d).contiguous() for t in (q, k, v))
-    o = torch.empty_like(q3)
-    lse = torch.empty(q3.shape[:-1], dtype=torch.float32, device=q.device)
-    block_q, block_k = (32, 32) if INTERPRETED else (128, 64)
-    flash_forward_kernel[(triton.cdiv(n_q, block_q), q3.shape[0])](
-        q3, k3, v3, o, lse, n_q, n_k, d, 1 / math.sqrt(d), CAUSAL=causal,
-        BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    return o.reshape(q.shape), lse.reshape(q.shape[:-1])
 
 
 class FlashAttentionTriton(torch.autograd.Function):
