@@ -11,13 +11,15 @@ by executing the chapter (the grader's own work -- restoring tests, the guards, 
 feedback -- is small). A submission that loops forever costs its cell time limit on top.
 
 Writes benchmarks/results/grading_<host>.csv (one row per submission: when it was done, how long
-it took) and, with --plot, book/images/grading_benchmark.png for the instructor guide.
+it took) and, with --plot, book/images/grading_benchmark.png for the instructor guide
+(`--replot CSV[:LABEL]...` draws that figure from committed results without measuring).
 Not run by the tests: timings depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import random
@@ -61,10 +63,11 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for jobs in sorted({r["jobs"] for r in rows}):
-        done = sorted(r["done_s"] for r in rows if r["jobs"] == jobs)
+    for run, jobs in sorted({(r.get("run", ""), int(r["jobs"])) for r in rows}):
+        done = sorted(float(r["done_s"]) for r in rows
+                      if r.get("run", "") == run and int(r["jobs"]) == jobs)
         ax.step([0] + done, range(len(done) + 1), where="post",
-                label=f"{jobs} worker{'s' * (jobs > 1)}: {len(done)} in {done[-1]:.0f} s")
+                label=f"{run}{jobs} worker{'s' * (jobs > 1)}: {len(done)} in {done[-1]:.0f} s")
     r = rows[0]
     ax.set(xlabel="seconds since the command started", ylabel="notebooks graded",
            title=f"Grading {r['chapter']} on {r['cpus']} CPU cores")
@@ -82,7 +85,17 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, nargs="+", default=[2], help="worker counts to measure (default 2)")
     p.add_argument("--plot", action="store_true", help=f"also draw {FIGURE.relative_to(ROOT)}")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--replot", nargs="+", metavar="CSV[:LABEL]",
+                   help="measure nothing: draw the figure from these result CSVs")
     args = p.parse_args(argv)
+    if args.replot:
+        rows = []
+        for arg in args.replot:
+            path, _, label = arg.partition(":")
+            with open(path) as f:
+                rows += [dict(r, run=f"{label or Path(path).stem}, ")
+                         for r in csv.DictReader(f)]
+        return plot(rows, FIGURE)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
