@@ -78,8 +78,8 @@ def test_torchrun_launch_checks_forward_and_backward():
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("ring attention on 2 processes (gloo), N = 64"), lines
-    errs = dict(part.split() for part in lines[1].split(","))
+    assert lines[0] == "ring attention, 2 processes (gloo), N = 64, causal, contiguous"
+    errs = dict(part.split() for part in lines[1].split(": ")[1].split(","))
     assert set(errs) == {"o", "lse", "dq", "dk", "dv"}
     assert all(float(e) < 1e-12 for e in errs.values()), errs
 

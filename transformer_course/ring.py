@@ -426,10 +426,11 @@ def main(argv=None) -> None:
         dist.all_reduce(err, op=dist.ReduceOp.MAX)
         if rank == 0:
             names = ("o", "lse", "dq", "dk", "dv")
-            print(f"ring attention on {size} processes ({dist.get_backend()}), "
-                  f"N = {args.length}, causal={args.causal}, {args.layout}: largest "
-                  "difference from attention over the whole sequence:")
-            print("  " + ", ".join(f"{n} {e:.0e}" for n, e in zip(names, err.tolist())))
+            mask = "causal" if args.causal else "full"
+            print(f"ring attention, {size} processes ({dist.get_backend()}), "
+                  f"N = {args.length}, {mask}, {args.layout}")
+            print("largest difference from attention: "
+                  + ", ".join(f"{n} {e:.0e}" for n, e in zip(names, err.tolist())))
         if err.max() > 1e-10:
             raise SystemExit(f"rank {rank}: ring attention differs from attention")
     finally:
