@@ -6,8 +6,12 @@
 #   memory_update(k, v, M, z, delta)  the linear or delta-rule write of one segment
 #   InfiniAttention(d_model, n_heads, segment, delta)  the layer, memory kept across
 #                                     calls
+#   passkey_batch, PasskeyModel, train_passkey  the chapter's passkey experiment (a tiny
+#                                     model that must read the memory), for
+#                                     benchmarks/infini_passkey.py
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from transformer_course.attention import causal_mask, scaled_dot_product_attention
 from transformer_course.long_attention import phi
@@ -90,3 +94,75 @@ class InfiniAttention(nn.Module):
             M, z = memory_update(ks, vs, M, z, self.delta)   # then write this segment
         self.M, self.z = M.detach(), z.detach()              # kept, without the graph
         return self.o(torch.cat(out, dim=2).transpose(1, 2).reshape(B, N, D))
+
+
+DIGITS, FILLERS = 10, 20            # tokens 0-9: digits; 10-29: filler
+QUERY = DIGITS + FILLERS            # token 30 asks for the passkey
+S = 16                              # segment length
+
+
+def passkey_batch(n, segments, g, where=0):
+    """n sequences of `segments` segments of S tokens: filler, one digit (the passkey)
+    at a random position of segment `where` (never its last), the query last.
+    -> (x [n, segments * S], passkey [n])."""
+    x = torch.randint(DIGITS, QUERY, (n, segments * S), generator=g)
+    key = torch.randint(0, DIGITS, (n,), generator=g)
+    x[torch.arange(n), where * S + torch.randint(0, S - 1, (n,), generator=g)] = key
+    x[:, -1] = QUERY
+    return x, key
+
+
+class PasskeyModel(nn.Module):
+    """Embedding -> InfiniAttention + residual -> LayerNorm -> the 10 digits, read at
+    the last position; the memory emptied for every batch."""
+
+    def __init__(self, d_model=32, n_heads=2, delta=False):
+        super().__init__()
+        self.embed = nn.Embedding(QUERY + 1, d_model)
+        self.attn = InfiniAttention(d_model, n_heads, S, delta)
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, DIGITS)
+
+    def forward(self, x):                                     # [B, N] -> [B, DIGITS]
+        self.attn.reset_memory()
+        h = self.embed(x)
+        h = h + self.attn(h)
+        return self.out(self.norm(h[:, -1]))
+
+
+@torch.no_grad()
+def passkey_accuracy(model, x, key) -> float:
+    return (model(x).argmax(-1) == key).float().mean().item()
+
+
+def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, steps=300):
+    """Train a PasskeyModel on 4 segments; memory=False: the baseline (gate closed and
+    frozen). -> (model, history: step, held-out accuracy, sigmoid(beta) per head)."""
+    torch.manual_seed(seed)
+    model = PasskeyModel(delta=delta)
+    with torch.no_grad():
+        model.attn.beta.fill_(beta0 if memory else -1e4)
+    model.attn.beta.requires_grad_(memory)
+    rest = [p for name, p in model.named_parameters() if name != "attn.beta"]
+    gate = [{"params": [model.attn.beta], "lr": 3e-3 * gate_lr}] if memory else []
+    opt = torch.optim.Adam([{"params": rest}] + gate, lr=3e-3)
+    g = torch.Generator().manual_seed(seed)                  # the same batches for all
+    x_val, key_val = passkey_batch(1000, 4, torch.Generator().manual_seed(10**4 + seed))
+    history = {"step": [], "accuracy": [], "gate": []}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # at this size a second thread only costs
+    try:
+        for step in range(steps + 1):
+            if step % 25 == 0:
+                history["step"].append(step)
+                history["accuracy"].append(passkey_accuracy(model, x_val, key_val))
+                history["gate"].append(torch.sigmoid(model.attn.beta).tolist())
+            if step < steps:
+                x, key = passkey_batch(64, 4, g)
+                loss = F.cross_entropy(model(x), key)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model, history
