@@ -1,9 +1,15 @@
-"""The course's figure style: one look in every chapter, readable fonts, sharp on high-DPI screens.
+"""The course's figures: one look in every chapter, readable fonts, sharp on high-DPI screens,
+and the committed benchmark results the chapters plot.
 
 Every chapter's setup cell calls ``figure_style()`` once, after importing matplotlib.
 """
 
 from __future__ import annotations
+
+import csv
+import site
+import sys
+from pathlib import Path
 
 import matplotlib as mpl
 
@@ -36,3 +42,19 @@ def figure_style() -> None:
         set_matplotlib_formats("retina")
     except Exception:  # not in IPython, or an older matplotlib-inline: the rcParams still apply
         pass
+
+
+def committed_results(name: str) -> list[dict]:
+    """The rows of benchmarks/results/<name>, a benchmark CSV committed with the course: read
+    from the repository (a clone; an editable install) or, for a pip install such as Colab's,
+    from the copy installed with the package under <prefix>/share/transformer-course/."""
+    repo = Path(__file__).resolve().parents[2]
+    places = [repo / "benchmarks" / "results", Path.cwd().parent / "benchmarks" / "results"]
+    places += [Path(p) / "share" / "transformer-course" / "results"
+               for p in (sys.prefix, site.USER_BASE or "")]
+    for folder in places:
+        if (folder / name).is_file():
+            with (folder / name).open() as f:
+                return list(csv.DictReader(f))
+    raise FileNotFoundError(f"benchmarks/results/{name} is in none of "
+                            + ", ".join(str(p) for p in places))
