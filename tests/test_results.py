@@ -50,3 +50,21 @@ def test_a_missing_result_names_where_it_looked():
         assert "share/transformer-course/results" in str(e)
     else:
         raise AssertionError("a missing CSV must raise FileNotFoundError")
+
+
+def test_the_graders_package_copy_finds_them(tmp_path):
+    """Grading kernels import a copy of the package: the chapters' plots must still run."""
+    import subprocess
+    import sys
+
+    from transformer_course.tools.grade import prepare_chapter
+
+    chapter = prepare_chapter("17_ring_attention", ROOT / "solutions" / "17_ring_attention.ipynb",
+                              ROOT / "chapters" / "17_ring_attention.ipynb", tmp_path)
+    code = ("from transformer_course.tools import figures; "
+            "print(figures.__file__); print(len(figures.committed_results('ring_attention_cpu.csv')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(chapter.package), "PATH": ""}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    where, n = out.stdout.split()
+    assert Path(where).is_relative_to(tmp_path) and int(n) > 0

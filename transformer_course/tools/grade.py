@@ -180,6 +180,9 @@ def prepare_chapter(name: str, source: Path, release: Path, grader: Path) -> Cha
     shutil.copytree(PACKAGE, pkg / "transformer_course", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for mod, text in exports([release]).items():  # the same modules, stubs where the exercises are
         (pkg / "transformer_course" / f"{mod}.py").write_text(text)
+    results = PACKAGE.parent / "benchmarks" / "results"  # what chapters plot (committed_results)
+    if results.is_dir():  # in a clone; a pip install has its own copy under sys.prefix
+        shutil.copytree(results, pkg / "benchmarks" / "results")
     import compileall  # once here: the kernels may not write their bytecode into it
 
     compileall.compile_dir(pkg, quiet=1)
