@@ -5,6 +5,7 @@ Writes benchmarks/results/gqa_decode_cpu.csv (machine, threads and load average 
 Run: .venv/bin/python benchmarks/gqa_decode.py   (about a minute on 2 cores)
 """
 
+import argparse
 import os
 import platform
 import time
@@ -58,4 +59,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     main()
