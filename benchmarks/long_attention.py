@@ -3,6 +3,7 @@ window, block-sparse attention and linear attention (chapter 14).
 
     python benchmarks/long_attention.py                  # N = 512..8192 (about a minute)
     python benchmarks/long_attention.py --ns 1024 4096   # fewer sizes
+    python benchmarks/long_attention.py --device cuda    # on a GPU: time and peak memory
 
 Each (method, N) runs in a fresh process, which measures how far its resident memory rises
 above the level before the call (Linux: VmHWM reset through /proc/self/clear_refs, see
@@ -16,7 +17,9 @@ One head (B = H = 1), d = 64, fp32, causal, torch threads as set by OMP_NUM_THRE
   linear          linear_attention_chunked, chunks of 64
 The [N, N] bool masks of "full" and "block_sparse" are built before the measurement (they
 cost 1 byte per entry and are not part of the method's working memory).
--> benchmarks/results/long_attention_cpu.csv
+-> benchmarks/results/long_attention_cpu.csv. With --device cuda the same four methods on
+the GPU, N = 1k..16k, timed with synchronisation (median of 5 calls after warm-up), peak
+memory from torch.cuda.max_memory_allocated -> long_attention_cuda.csv.
 
 Not run by the tests: timings depend on the machine.
 """
@@ -29,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,40 +41,68 @@ from common import RESULTS, cpu_name, write_csv
 METHODS = ("full", "sliding_window", "block_sparse", "linear")
 
 
-def child(method: str, n: int, d: int) -> None:
-    """Runs in a fresh process: measure one call, print a JSON line."""
+def make_fn(method: str, n: int, d: int, device: str = "cpu"):
+    """One call of method on q, k, v [1, 1, n, d] (drawn on the CPU, then moved)."""
     from transformer_course.attention import causal_mask, scaled_dot_product_attention
-    from transformer_course.flash import peak_rss_increase
     from transformer_course.long_attention import (block_sparse_attention,
                                                    block_sparse_mask,
                                                    linear_attention_chunked,
                                                    sliding_window_attention)
 
-    def make(m):
-        g = torch.Generator().manual_seed(0)
-        return [torch.randn(1, 1, m, d, generator=g) for _ in range(3)]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, n, d, generator=g).to(device) for _ in range(3))
+    if method == "full":
+        mask = causal_mask(n).to(device)
+        return lambda: scaled_dot_product_attention(q, k, v, mask)
+    if method == "sliding_window":
+        return lambda: sliding_window_attention(q, k, v, 256, 256)
+    if method == "block_sparse":
+        mask = block_sparse_mask(n, 64, "bigbird").to(device)
+        return lambda: block_sparse_attention(q, k, v, mask, 64)
+    return lambda: linear_attention_chunked(q, k, v, 64)
 
-    def fn_for(m):
-        q, k, v = make(m)
-        if method == "full":
-            mask = causal_mask(m)
-            return lambda: scaled_dot_product_attention(q, k, v, mask)
-        if method == "sliding_window":
-            return lambda: sliding_window_attention(q, k, v, 256, 256)
-        if method == "block_sparse":
-            mask = block_sparse_mask(m, 64, "bigbird")
-            return lambda: block_sparse_attention(q, k, v, mask, 64)
-        return lambda: linear_attention_chunked(q, k, v, 64)
 
-    fn_for(512)()                 # warm up at a small size: first calls allocate buffers
-    fn = fn_for(n)
+def child(method: str, n: int, d: int) -> None:
+    """Runs in a fresh process: measure one call, print a JSON line."""
+    from transformer_course.flash import peak_rss_increase
+
+    make_fn(method, 512, d)()     # warm up at a small size: first calls allocate buffers
+    fn = make_fn(method, n, d)
     start = time.process_time()
     peak = peak_rss_increase(fn)
     seconds = time.process_time() - start
     print(json.dumps({"peak_extra_mib": peak / 2**20, "cpu_seconds": seconds}))
 
 
-def run_cpu(ns, d: int) -> None:
+def run_cuda(ns, d: int, csv_out=None) -> None:
+    """On the GPU: median time of a call (synchronised) and the peak memory it allocates
+    above what is held before it (torch.cuda.max_memory_allocated)."""
+    from transformer_course.machine import time_fn
+
+    rows = []
+    for n in ns:
+        for method in METHODS:
+            fn = make_fn(method, n, d, "cuda")
+            fn()
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - before
+            row = {"hardware": torch.cuda.get_device_name(), "device": "cuda",
+                   "method": method, "n": n, "d": d, "dtype": "float32", "causal": True,
+                   "scores_mib": round(4 * n * n / 2**20, 2),
+                   "peak_extra_mib": round(peak / 2**20, 2),
+                   "ms": round(time_fn(fn, device="cuda") * 1e3, 3)}
+            print(row)
+            rows.append(row)
+            del fn
+            torch.cuda.empty_cache()
+    write_csv(rows, csv_out or RESULTS / "long_attention_cuda.csv")
+
+
+def run_cpu(ns, d: int, csv_out=None) -> None:
     rows = []
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     for n in ns:
@@ -85,7 +117,7 @@ def run_cpu(ns, d: int) -> None:
                    "cpu_seconds": round(got["cpu_seconds"], 4)}
             print(row)
             rows.append(row)
-    write_csv(rows, RESULTS / "long_attention_cpu.csv")
+    write_csv(rows, csv_out or RESULTS / "long_attention_cpu.csv")
 
 
 if __name__ == "__main__":
@@ -93,9 +125,13 @@ if __name__ == "__main__":
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--ns", type=int, nargs="+")
     parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, help="the CSV (default: results/, by device)")
     args = parser.parse_args()
     if args.child:
         method, n, d = args.child
         child(method, int(n), int(d))
+    elif args.device == "cuda":
+        run_cuda(args.ns or [1024, 2048, 4096, 8192, 16384], args.d, args.out)
     else:
-        run_cpu(args.ns or [512, 1024, 2048, 4096, 8192], args.d)
+        run_cpu(args.ns or [512, 1024, 2048, 4096, 8192], args.d, args.out)

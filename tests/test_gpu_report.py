@@ -51,9 +51,10 @@ def test_dry_run_writes_the_report(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = (out / "report.md").read_text()
     for want in ("## Hardware", "| torch |", "vector_add interpreted on the CPU", "1 of 1 notebooks passed",
-                 "benchmarks/matmul_throughput_cpu.csv", "benchmarks/attention_cost_cpu.csv", "All steps passed"):
+                 "benchmarks/matmul_throughput_cpu.csv", "benchmarks/attention_cost_cpu.csv",
+                 "benchmarks/long_attention_cpu.csv", "All steps passed"):
         assert want in report, want
-    for name in ("matmul_throughput_cpu", "attention_cost_cpu"):
+    for name in ("matmul_throughput_cpu", "attention_cost_cpu", "long_attention_cpu"):
         with (out / "benchmarks" / f"{name}.csv").open() as f:
             assert list(csv.DictReader(f)), name
     with (out / "notebooks.csv").open() as f:
