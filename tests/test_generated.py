@@ -107,6 +107,19 @@ def test_code_fits_the_column(path):
     assert not wide, f"code lines over 88 characters (cell index, length): {wide[:5]}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_outputs_fit_the_column(path):
+    """Printed outputs too: a line over 88 characters puts a scrollbar under the cell."""
+    wide = []
+    for i, c in enumerate(read(path).cells):
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            text = o.get("text", "") if o.output_type == "stream" else (
+                "" if "image/png" in data else data.get("text/plain", ""))
+            wide += [(i, len(line)) for line in text.splitlines() if len(line) > 88]
+    assert not wide, f"output lines over 88 characters (cell index, length): {wide[:5]}"
+
+
 def test_readme_lists_every_exercise():
     """The README's chapter table names each chapter's graded exercises."""
     readme = (ROOT / "README.md").read_text()
