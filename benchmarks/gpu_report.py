@@ -11,7 +11,8 @@ On a CUDA machine it
    several notebooks at a time; chapters that load chapter 08's checkpoints wait for it;
    every `on_the_gpu(...)` call in a chapter also records its table (COURSE_GPU_RECORD);
 4. runs the benchmarks (matmul throughput, attention cost, flash attention's TFLOP/s vs SDPA, speculative
-   sampling, windowed/sparse/linear attention) on the GPU at quick sizes;
+   sampling, windowed/sparse/linear attention, Infini-attention's memory, RWKV's state) on the
+   GPU at quick sizes;
 5. writes OUTDIR/report.md, OUTDIR/notebooks.csv, OUTDIR/benchmarks/*.csv,
    OUTDIR/measurements/*.csv and the logs under OUTDIR/logs/.
 It exits 1 if a step failed (the report is written anyway). Budget: under 8 minutes on an H100/H200.
@@ -51,11 +52,15 @@ GPU_BENCHMARKS = [
     ("flash_attention", ["--ns", "512", "1024", "2048", "4096", "8192", "16384"]),
     ("speculative", ["--prompts", "4", "--gammas", "1", "2", "4", "--repeats", "2"]),
     ("long_attention", ["--ns", "1024", "4096", "16384"]),
+    ("infini_memory", ["--max-tokens", "1048576", "--full-max", "65536"]),
+    ("rwkv_state", ["--lengths", "1024", "8192", "32768", "--repeats", "3"]),
 ]
 DRY_BENCHMARKS = [
     ("matmul_throughput", ["--sizes", "32", "64", "--dtypes", "float32", "--repeats", "2"]),
     ("attention_cost", ["--ns", "64", "128", "--repeats", "2"]),
     ("long_attention", ["--ns", "512", "1024"]),
+    ("infini_memory", ["--max-tokens", "2048", "--full-max", "1024"]),
+    ("rwkv_state", ["--lengths", "64", "--repeats", "1"]),
 ]
 
 TRITON_CHECK = """

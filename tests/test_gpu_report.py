@@ -54,7 +54,8 @@ def test_dry_run_writes_the_report(tmp_path):
                  "benchmarks/matmul_throughput_cpu.csv", "benchmarks/attention_cost_cpu.csv",
                  "benchmarks/long_attention_cpu.csv", "All steps passed"):
         assert want in report, want
-    for name in ("matmul_throughput_cpu", "attention_cost_cpu", "long_attention_cpu"):
+    for name in ("matmul_throughput_cpu", "attention_cost_cpu", "long_attention_cpu",
+                 "infini_memory_cpu", "rwkv_state_cpu"):
         with (out / "benchmarks" / f"{name}.csv").open() as f:
             assert list(csv.DictReader(f)), name
     with (out / "notebooks.csv").open() as f:
