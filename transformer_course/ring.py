@@ -371,15 +371,13 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
                 p.join(5)
     reports.sort(key=lambda r: r[0])
 
-    def gather(i, dim=-2):
-        return gather_sequence([torch.from_numpy(r[i]) for r in reports], layout, dim)
+    def gather(arrays, dim=-2):  # the ranks' numpy blocks, in sequence order
+        return gather_sequence([torch.from_numpy(a) for a in arrays], layout, dim)
 
-    grads = None
-    if grads_out is not None:
-        grads = tuple(gather_sequence([torch.from_numpy(r[6][j]) for r in reports],
-                                      layout) for j in range(3))
-    return RingRun(gather(2), gather(3, -1), grads,
-                   [(r[0], r[1], r[4], r[5]) for r in reports])
+    grads = None if grads_out is None else tuple(
+        gather([r[6][j] for r in reports]) for j in range(3))
+    return RingRun(gather([r[2] for r in reports]), gather([r[3] for r in reports], -1),
+                   grads, [(r[0], r[1], r[4], r[5]) for r in reports])
 
 
 def main(argv=None) -> None:
