@@ -52,7 +52,7 @@ def describe(x: Any) -> str:
         return f"tensor of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')})"
     if isinstance(x, torch.nn.Module):
         n = sum(p.numel() for p in x.parameters())
-        return f"{type(x).__name__} (nn.Module, {n:,} parameters)"
+        return f"{x.__class__.__name__} (nn.Module, {n:,} parameters)"
     if isinstance(x, type):
         return f"class {x.__name__}"
     if callable(x) and hasattr(x, "__name__"):
@@ -111,11 +111,8 @@ def _where(tb) -> str:
 
 def call(fn: Callable, *args, **kwargs):
     """Call the learner's function, turning 'not done yet' and crashes into a clear message."""
-    # The grading kernel (transformer_course.tools.sandbox) listens for these events: while the learner's
-    # code runs it sees only the student edition of the chapter's module, and afterwards whatever
-    # that code patched (torch.equal, these helpers, ...) is put back before the check looks at
-    # the result. Without a listener they cost nothing.
-    sys.audit("transformer_course.checks.call", "start")
+    # While grading, fn is a proxy (transformer_course.tools.bridge): the learner's code runs in a
+    # sandbox, and its exceptions arrive with the learner's line already found (`where`).
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
@@ -127,11 +124,21 @@ def call(fn: Callable, *args, **kwargs):
         raise
     except Exception as e:  # the learner's bug, reported with the inputs and the line that failed
         shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
-        raise CheckFailed(
-            f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{_where(e.__traceback__)}"
-        ) from e
-    finally:
-        sys.audit("transformer_course.checks.call", "end")
+        where = getattr(e, "where", None) or _where(e.__traceback__)
+        raise CheckFailed(f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{where}") from e
+
+
+def beside(helper: Callable, fn: Callable, **kwargs) -> Callable:
+    """`(*args) -> helper(fn, *args, **kwargs)`, run where fn runs. While grading, fn is a proxy of
+    the learner's code in its sandbox, and a helper that calls it from threads (the simulated ranks
+    of a ring) must run there too; helper must be importable (a module-level function)."""
+    def run(*args):
+        if hasattr(type(fn), "_beside"):
+            return fn._beside(helper, (fn, *args), kwargs)
+        return helper(fn, *args, **kwargs)
+
+    run.__name__ = name_of(fn)
+    return run
 
 
 def expect_tensor(got: Any, what: str) -> torch.Tensor:
@@ -198,9 +205,6 @@ def _cell() -> int | None:
 
 def passed(fn: Callable, n_cases: int) -> None:
     """Report success, once per function and cell: a grader's hidden tests rerun the check silently."""
-    # every pass, printed or not, is reported to the grading kernel's audit hook, which counts only
-    # those coming from a check's own code (transformer_course.tools.sandbox)
-    sys.audit("transformer_course.checks.passed", name_of(fn))
     key = (_cell(), name_of(fn))
     if key[0] is not None and key in _reported:
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import call, expect_tensor, fail, name_of, passed, seeded
+from . import beside, call, expect_tensor, fail, name_of, passed, seeded
 from .flash import _close, _make, _partial, _where, check_merge
 
 
@@ -92,10 +92,7 @@ def check_ring_attention(fn, seed: int = 0) -> None:
     whole sequence in one process, in output and lse."""
     from ..ring import simulate_ring
 
-    def run_on_ranks(q, k, v, P, causal, layout):
-        return simulate_ring(fn, q, k, v, P, causal=causal, layout=layout, timeout=10.0)
-
-    run_on_ranks.__name__ = name_of(fn)
+    run_on_ranks = beside(simulate_ring, fn, timeout=10.0)  # (q, k, v, P, causal, layout)
     cases = _ring_cases(seed)
     for n_case, (P, layout, causal, batch, n, d, what) in enumerate(cases):
         N = P * n
@@ -174,10 +171,7 @@ def check_ring_attention_rope(fn, seed: int = 0) -> None:
     from ..positions import apply_rope
     from ..ring import simulate_ring
 
-    def run_on_ranks(q, k, v, P, causal, layout):
-        return simulate_ring(fn, q, k, v, P, causal=causal, layout=layout, timeout=10.0)
-
-    run_on_ranks.__name__ = name_of(fn)
+    run_on_ranks = beside(simulate_ring, fn, timeout=10.0)  # (q, k, v, P, causal, layout)
     with seeded(seed):
         P = int(torch.randint(2, 5, ()))
     cases = [(2, "contiguous", False, (2,), 3, 8), (3, "contiguous", True, (1, 2), 4, 16),
