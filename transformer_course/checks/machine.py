@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import (CheckFailed, NotImplementedYet, call, expect_equal, expect_tensor, fail, name_of,
+from . import (CheckFailed, beside, NotImplementedYet, call, expect_equal, expect_tensor, fail, name_of,
                passed, seeded)
 
 
@@ -179,6 +179,19 @@ def _chain_mentions(err: BaseException, text: str) -> bool:
     return False
 
 
+def _run_guarded(fn, x, y):
+    """fn(x, y) with loads and stores bounds-checked and outputs followed by NaN guard space: returns
+    (output, None or (message, unimplemented), out-of-bounds accesses, elements written past the end)."""
+    x, y = _padded(x), _padded(y)  # the padding is lost on the way into a sandbox: put it back
+    with _bounds_checked() as outside, _guarded_allocations() as made:
+        try:
+            got = call(fn, x, y)
+        except CheckFailed as e:
+            return None, (str(e), _chain_mentions(e, "NotImplementedError")), outside, 0
+    past_end = sum(int((~torch.isnan(buf[used:])).sum()) for buf, used in made)
+    return got, None, outside, past_end
+
+
 def check_vector_add(fn, seed: int = 0) -> None:
     """fn(x, y) must equal x + y for any shape, fp32 and fp16, on x's device, via a Triton kernel."""
     from transformer_course.machine import load_triton, pick_device
@@ -193,32 +206,28 @@ def check_vector_add(fn, seed: int = 0) -> None:
              ((3001,), torch.float16), ((7, 300), torch.float32), ((big,), torch.float32)]
     with seeded(seed):
         data = [(torch.randn(shape, dtype=dt), torch.randn(shape, dtype=dt)) for shape, dt in cases]
+    guarded = beside(_run_guarded, fn)  # where fn's memory is: in the sandbox, while grading
     for x, y in data:
         x, y = _padded(x.to(device)), _padded(y.to(device))
         want = x + y
         n, what = x.numel(), f"{name_of(fn)}(x, y) with x of shape {list(x.shape)} ({str(x.dtype)[6:]})"
-        with _bounds_checked() as outside, _guarded_allocations() as made:
-            try:
-                got = call(fn, x, y)
-            except NotImplementedYet:
-                raise
-            except CheckFailed as e:
-                if outside:
-                    kind, count = outside[0]
-                    where = "past the end of x or y" if kind == "read" else "past the end of the output"
-                    raise CheckFailed(f"{what}: your kernel tried to {kind} {count} elements "
-                                      f"{where}; " + _mask_hint(n)) from None
-                if _chain_mentions(e, "NotImplementedError"):
-                    raise NotImplementedYet(
-                        "add_kernel is not implemented yet: replace `raise NotImplementedError()` in "
-                        "the kernel with your code, then run this check again.") from None
-                raise
-        for buf, used in made:
-            tail = buf[used:]
-            if not torch.isnan(tail).all():
-                written = int((~torch.isnan(tail)).sum())
-                fail(f"{what}: your kernel wrote {written} elements past the end of the output; "
-                     + _mask_hint(n))
+        got, error, outside, past_end = guarded(x, y)
+        if error is not None:
+            message, unimplemented = error
+            if outside:
+                kind, count = outside[0]
+                where = "past the end of x or y" if kind == "read" else "past the end of the output"
+                raise CheckFailed(f"{what}: your kernel tried to {kind} {count} elements "
+                                  f"{where}; " + _mask_hint(n)) from None
+            if unimplemented:
+                raise NotImplementedYet(
+                    "add_kernel is not implemented yet: replace `raise NotImplementedError()` in "
+                    "the kernel with your code, then run this check again.") from None
+            raise (NotImplementedYet if message.startswith(f"{name_of(fn)} is not implemented yet") else
+                   CheckFailed)(message)
+        if past_end:
+            fail(f"{what}: your kernel wrote {past_end} elements past the end of the output; "
+                 + _mask_hint(n))
         expect_tensor(got, f"{name_of(fn)}'s output")
         expect_equal(list(got.shape), list(x.shape), f"{what}: the output's shape")
         expect_equal(got.dtype, x.dtype, f"{what}: the output's dtype",

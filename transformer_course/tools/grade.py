@@ -264,6 +264,11 @@ def free_names(source: str) -> list[str]:
     return sorted({n for n in used if n not in bound and not hasattr(builtins, n)})
 
 
+def imports_of(source: str) -> str:
+    """The import statements of a check cell: the sandbox runs them, for the given cells after it."""
+    return "\n".join(ast.unparse(n) for n in ast.parse(source).body if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
 def _where(err: dict | None) -> str:
     if not err:
         return ""
@@ -330,6 +335,7 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
                     conn.deadline = time.monotonic() + limit
                     try:
                         ok, ex.message, ex.output = run_check(conn, cell.source, gid)
+                        conn.request("cell", imports_of(cell.source))
                     except BridgeError as e:
                         ok, stopped = False, f"the sandbox running your notebook stopped during this check ({e})"
                         ex.message = stopped
