@@ -79,6 +79,9 @@ def feedback(fb, student, chapter=CHAPTER):
 CHAPTER_NAMES = [p.stem for p in solution_notebooks()]
 
 
+EVERY = os.environ.get("TC_GRADE_EVERY_CHAPTER") == "1"
+
+
 @pytest.fixture(scope="module")
 def every_chapter(tmp_path_factory):
     """For every chapter: solved (full marks), untouched (0), and solved but for a wrong last exercise."""
@@ -98,6 +101,8 @@ def every_chapter(tmp_path_factory):
     return {r["student"]: r for r in csv.DictReader(out.open())}, tmp / "feedback"
 
 
+@pytest.mark.skipif(not EVERY, reason="grades 54 notebooks: TC_GRADE_EVERY_CHAPTER=1 (too slow for the suite "
+                                       "until every chapter's demos are tagged skip-when-grading)")
 @pytest.mark.parametrize("chapter", CHAPTER_NAMES)
 def test_every_chapter_is_graded_right(every_chapter, chapter):
     rows, fb = every_chapter
