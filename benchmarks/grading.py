@@ -31,12 +31,14 @@ from pathlib import Path
 
 import nbformat
 
-from common import RESULTS, write_csv
+from common import RESULTS, cpu_name, write_csv
 from transformer_course.tools.grade import grade
 from transformer_course.tools.notebooks import CHAPTERS, ROOT, SOLUTIONS
 
 MARKER = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*(\n|$)", re.M)
 FIGURE = ROOT / "book" / "images" / "grading_benchmark.png"
+CHAPTER_FIGURE = ROOT / "book" / "images" / "grading_chapters.png"
+BUDGET = 20  # seconds per notebook per core, the target for every chapter
 
 
 def make_class(chapter: str, n: int, folder: Path, seed: int = 0) -> None:
@@ -55,6 +57,61 @@ def make_class(chapter: str, n: int, folder: Path, seed: int = 0) -> None:
                 if c.metadata.get("nbgrader", {}).get("solution") and gid != left:
                     c.source = answers[gid]
         nbformat.write(nb, folder / f"student{i:03d}_{chapter}.ipynb")
+
+
+def every_chapter(repeats: int, out: Path) -> list[dict]:
+    """Grade a solved notebook of every chapter `repeats` times, one worker (one core): seconds each."""
+    from transformer_course.tools.notebooks import solution_notebooks
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "submissions"
+        folder.mkdir()
+        chapters = [p.stem for p in solution_notebooks()]
+        for chapter in chapters:
+            nb = nbformat.read(CHAPTERS / f"{chapter}.ipynb", as_version=4)
+            answers = {c.metadata.nbgrader.grade_id: MARKER.sub("", c.source)
+                       for c in nbformat.read(SOLUTIONS / f"{chapter}.ipynb", as_version=4).cells
+                       if c.metadata.get("nbgrader", {}).get("solution")}
+            for c in nb.cells:
+                if c.metadata.get("nbgrader", {}).get("solution"):
+                    c.source = answers[c.metadata.nbgrader.grade_id]
+            for run in range(repeats):
+                nbformat.write(nb, folder / f"run{run}_{chapter}.ipynb")
+        load = os.getloadavg()[0]
+
+        def record(r):
+            rows.append({"chapter": r.chapter, "run": r.student, "notebook_s": round(r.seconds, 2),
+                         "score": r.score, "max": r.max_score, "load_before": round(load, 2),
+                         "cpus": os.cpu_count(), "machine": cpu_name()})
+            print(f"{r.chapter} {r.student}: {r.seconds:.1f} s, {r.score:g}/{r.max_score:g}")
+
+        grade(folder, Path(tmp) / "grades.csv", jobs=1, on_result=record, log=lambda *a: None, progress=False)
+    rows.sort(key=lambda r: (r["chapter"], r["run"]))
+    write_csv(rows, out)
+    return rows
+
+
+def plot_chapters(rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    chapters = sorted({r["chapter"] for r in rows})
+    times = [sorted(float(r["notebook_s"]) for r in rows if r["chapter"] == c) for c in chapters]
+    mid = [t[len(t) // 2] for t in times]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar(range(len(chapters)), mid, color="#4c72b0",
+           yerr=[[m - t[0] for m, t in zip(mid, times)], [t[-1] - m for m, t in zip(mid, times)]], capsize=3)
+    ax.axhline(BUDGET, color="#b3261e", ls="--", lw=1, label=f"target: {BUDGET} s per notebook per core")
+    ax.set_xticks(range(len(chapters)), [c[:2] for c in chapters])
+    ax.set(xlabel="chapter", ylabel="seconds to grade one notebook",
+           title=f"A solved notebook of each chapter, one worker ({rows[0]['cpus']} cores)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -87,7 +144,17 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--replot", nargs="+", metavar="CSV[:LABEL]",
                    help="measure nothing: draw the figure from these result CSVs")
+    p.add_argument("--every-chapter", type=int, metavar="REPEATS", nargs="?", const=3,
+                   help="instead: grade a solved notebook of every chapter REPEATS times (default 3) with "
+                        f"one worker; writes grading_chapters_<host>.csv and {CHAPTER_FIGURE.relative_to(ROOT)}")
+    p.add_argument("--replot-chapters", type=Path, metavar="CSV", help="draw the chapters' figure from this CSV")
     args = p.parse_args(argv)
+    if args.replot_chapters:
+        with open(args.replot_chapters) as f:
+            return plot_chapters(list(csv.DictReader(f)), CHAPTER_FIGURE)
+    if args.every_chapter:
+        rows = every_chapter(args.every_chapter, args.out or RESULTS / f"grading_chapters_{socket.gethostname()}.csv")
+        return plot_chapters(rows, CHAPTER_FIGURE)
     if args.replot:
         rows = []
         for arg in args.replot:
