@@ -237,12 +237,21 @@ FULL = [2, 1, 1, 1, 1]
 
 def test_good_submissions(graded):
     rows, fb, _ = graded
-    assert list(rows["ada"]) == ["student", *[f"{CHAPTER}/{e}" for e in EXERCISES], "total", "max"]
+    assert list(rows["ada"]) == ["student", *[f"{CHAPTER}/{e}" for e in EXERCISES], "total", "max", "similar"]
     assert scores(rows, "ada") == FULL and rows["ada"]["total"] == "6"
     assert scores(rows, "bob") == [0] * 5 and "not implemented yet" in feedback(fb, "bob")
     assert scores(rows, "cara") == [0, 1, 1, 1, 1]
     assert "softmax ran over the queries (dim=-2)" in feedback(fb, "cara")
     assert all(r["max"] == "6" for r in rows.values())  # a student cannot add points or graded cells
+
+
+def test_the_similarity_report(graded):
+    """Copies of the published solution are flagged in the CSV and the feedback index; stubs never."""
+    rows, fb, _ = graded
+    assert "03_attention/scaled_dot_product_attention: 1.00 to the solution" in rows["ada"]["similar"]
+    assert rows["bob"]["similar"] == ""
+    index = (fb / "index.html").read_text()
+    assert "Similar answers" in index and "ada_" not in index and "ada/03_attention.html" in index
 
 
 def test_loops_memory_and_crashes_cost_what_they_stop(graded):

@@ -446,6 +446,39 @@ def feedback_html(r: Result, unsafe: bool = False) -> str:
             + (f"<h2>Your code</h2>{code}" if code else "") + "</body></html>\n")
 
 
+def similarity_notes(results: list[Result], chapters: dict[str, Chapter]) -> dict[str, list[str]]:
+    """student -> 'chapter/exercise: 0.97 to the solution' for the answers the similarity report flags."""
+    from .similarity import report
+
+    answers = {(r.student, f"{r.chapter}/{x.name}"): x.code for r in results for x in r.exercises if x.code}
+    solutions = {f"{name}/{c.metadata.nbgrader.grade_id}": c.source for name, ch in chapters.items()
+                 for c in nbformat.read(ch.source, as_version=4).cells if c.metadata.get("nbgrader", {}).get("solution")}
+    notes: dict[str, list[str]] = {}
+    for (student, exercise), m in sorted(report(answers, solutions).items()):
+        if m.flagged:
+            whom = [f"{m.to_solution:.2f} to the solution"] if m.to_solution >= m.to_closest else []
+            whom += [f"{m.to_closest:.2f} to {m.closest}"] if m.closest and m.to_closest > m.to_solution else []
+            notes.setdefault(student, []).append(f"{exercise}: {', '.join(whom)}")
+    return notes
+
+
+def index_html(results: list[Result], similar: dict[str, list[str]], unsafe: bool) -> str:
+    """The feedback folder's front page: every student's pages and scores, then the similarity report."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(r.student)}</td><td><a href='{e(r.student)}/{e(r.chapter)}.html'>{e(r.chapter)}</a>"
+                   f"</td><td>{r.score:g} / {r.max_score:g}</td></tr>"
+                   for r in sorted(results, key=lambda r: (r.student, r.chapter)))
+    flags = "".join(f"<li>{e(student)}: {e('; '.join(notes))}</li>" for student, notes in sorted(similar.items()))
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>Feedback</title><style>{STYLE}</style></head>"
+            "<body><h1>Feedback</h1>" + (f"<p class=note><b>{e(UNSAFE)}</b></p>" if unsafe else "")
+            + f"<table><tr><th>student</th><th>chapter</th><th>points</th></tr>{rows}</table>"
+            "<h2>Similar answers</h2><p>Answers nearly identical to the published solution or to another "
+            "student's, once names, layout and comments are set aside (transformer_course.tools.similarity). "
+            "The solutions are public, so this proves nothing: it shows where to look. Answers under about "
+            "two lines are never flagged, since short exercises have one natural answer.</p>"
+            + (f"<ul>{flags}</ul>" if flags else "<p>None.</p>") + "</body></html>\n")
+
+
 # --- the batch -----------------------------------------------------------------------------------
 
 def _to_json(x):
@@ -707,14 +740,21 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
                 g.auto_score, g.needs_manual_grade = x.score, False
         gb.db.commit()
         ExerciseCsvExporter(to=str(out)).export(gb)
-    if unsafe:  # the CSV says so first, where nobody can miss it
-        text = Path(out).read_text()
-        Path(out).write_text(f"# {UNSAFE}\n{text}")
+    similar = similarity_notes(results, chapters)
+    with open(out, newline="") as f:  # the similarity column, then the warning where nobody can miss it
+        rows = list(csv.reader(f))
+    rows[0].append("similar")
+    rows[1:] = [row + ["; ".join(similar.get(row[0], []))] for row in rows[1:]]
+    with open(out, "w", newline="") as f:
+        if unsafe:
+            f.write(f"# {UNSAFE}\n")
+        csv.writer(f).writerows(rows)
     if feedback:
         for r in results:
             target = Path(feedback) / r.student / f"{r.chapter}.html"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(feedback_html(r, unsafe))
+        (Path(feedback) / "index.html").write_text(index_html(results, similar, unsafe))
     for r in sorted(results, key=lambda r: (r.chapter, r.student)):
         for n in r.notes:
             log(f"{r.student} {r.chapter}: {n}")
