@@ -80,9 +80,10 @@ def command(limits: Limits, extra: list[tuple[str, str]] = (), env: dict | None 
     size = str(limits.tmp)
     cmd = [bwrap(), "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox",
-           *_binds(list(extra)), "--proc", "/proc", "--dev", "/dev",
-           "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm",
-           "--size", size, "--tmpfs", HOME, "--chdir", HOME, "--clearenv"]
+           "--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs",
+           "/dev/shm", "--size", size, "--tmpfs", HOME,
+           *_binds(list(extra)),  # after the tmpfs mounts: a checkout or venv under /tmp stays visible
+           "--chdir", HOME, "--clearenv"]
     for k, v in (env or {}).items():
         cmd += ["--setenv", k, v]
     return cmd + [sys.executable, "-m", "transformer_course.tools.sandbox"]
@@ -132,7 +133,8 @@ class Box:
 def works() -> str:
     """'' if a sandbox can be made here, else why not."""
     try:
-        out = subprocess.run(command(Limits())[:-3] + ["/bin/true"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(command(Limits())[:-3] + [sys.executable, "-c", "import transformer_course.tools.bridge"],
+                             capture_output=True, text=True, timeout=120)
     except (NoSandbox, OSError, subprocess.TimeoutExpired) as e:
         return str(e)
     return "" if out.returncode == 0 else f"bwrap could not make a sandbox here: {out.stderr.strip()}"
