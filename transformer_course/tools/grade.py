@@ -55,7 +55,7 @@ from nbgrader.plugins import ExportPlugin
 
 from .bridge import BridgeError, Grader, Remote
 from .notebooks import PACKAGE, SOLUTIONS, nbgrader_api
-from .sandbox import Box, Limits, NoSandbox
+from .sandbox import Box, Limits
 from .sandbox import works as sandbox_works
 
 CHECK_PREFIX = "check_"
@@ -150,7 +150,6 @@ class Result:
     exercises: list[Exercise]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    cut_short: str = ""         # why its grading may have been stopped from outside (then it is regraded alone)
 
     @property
     def score(self) -> float:
@@ -362,8 +361,6 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
                 what = ("ran past the grader's limit of {:.0f} s and was stopped".format(limit)
                         if err.get("type") == "TimeLimit" else f"raised {_where(err)}")
                 pending.append(f"{cell_label(nb, i)} {what}")
-    except NoSandbox as e:
-        raise
     finally:
         if box is not None:
             box.close()
@@ -527,7 +524,6 @@ class Job:
     student: str
     chapter: Chapter
     path: Path
-    crowded: bool = False       # another submission was graded while this one was
     result: Path | None = None  # where its worker writes the Result
     started: float = 0.0
 
@@ -580,9 +576,6 @@ def run_workers(jobs: list[Job], n: int, s: Settings, folder: Path, done) -> Non
                 _kill_group(w["proc"].pid)
                 pool.remove(w)
         busy = [w for w in pool if w["job"] is not None]
-        if len(busy) > 1:
-            for w in busy:
-                w["job"].crowded = True
         time.sleep(0.05)
         for w in busy:
             job = w["job"]
@@ -618,6 +611,15 @@ def _read_result(job: Job, why: str) -> Result:
         return lost(job, why, time.monotonic() - job.started)
 
 
+def _signal_name(code) -> str:
+    if code is None or code >= 0:
+        return f"exit code {code}" if code is not None else "no exit code"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -631,7 +633,7 @@ def lost(job: Job, why: str, seconds: float) -> Result:
     zeros = [Exercise(exercise_name(gid), gid, float(c.metadata.nbgrader.points),
                       message="not graded: the grading of this notebook was stopped")
              for gid, c in nbgrader_cells(source).items() if is_graded(c)]
-    return Result(job.student, job.chapter.name, zeros, [f"{why}; your notebook scores 0"], seconds, why)
+    return Result(job.student, job.chapter.name, zeros, [f"{why}; your notebook scores 0"], seconds)
 
 
 def chapter_sources(source: Path) -> dict[str, Path]:
@@ -706,27 +708,17 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     jobs = min(jobs, len(tasks))
     s.threads = max(1, (os.cpu_count() or 1) // jobs)  # torch threads per kernel: the cores, shared out
     t0 = time.monotonic()
-    results, again = {}, []
+    results = {}
     bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress, dynamic_ncols=True)
 
     def done(job: Job, r: Result):
-        if r.cut_short and job.crowded:  # perhaps by another submission: regraded alone at the end
-            again.append(job)
-            return
         results[(r.student, r.chapter)] = r
         bar.update()
         if on_result is not None:
             on_result(r)
 
     workers = root / "grader" / "workers"
-    run_workers(tasks, jobs, s, workers, done)
-    for job in again:  # one at a time: what happens now is the notebook's own doing, and counts
-        def alone(job: Job, r: Result):
-            r.notes.insert(0, f"its grading was cut short ({r.cut_short or 'see below'}) while other notebooks "
-                              "were graded at the same time; it was graded again on its own, and this is that result")
-            job.crowded = False
-            done(job, r)
-        run_workers([job], 1, s, workers, alone)
+    run_workers(tasks, jobs, s, workers, done)  # no submission can reach a worker: no regrading needed
     bar.close()
     elapsed = time.monotonic() - t0
     results = list(results.values())
