@@ -307,6 +307,8 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
     solutions = {c.metadata.nbgrader.grade_id: i for i, c in enumerate(nb.cells)
                  if c.metadata.get("nbgrader", {}).get("solution")}
     exercises, general, pending = [], [], []  # pending: notes of the cells since the last check
+    # the course's long demos, by cell id: also in a student edition downloaded before they were tagged
+    skip = {c.get("id") for c in source.cells if SKIP in c.metadata.get("tags", [])} - {None}
     deadline = time.monotonic() + s.notebook_timeout
     box = conn = None
     stopped = ""
@@ -317,7 +319,7 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
             if cell.cell_type != "code" or not cell.source.strip():
                 continue
             graded = is_graded(cell)
-            if not graded and (SKIP in cell.metadata.get("tags", []) or stopped):
+            if not graded and (SKIP in cell.metadata.get("tags", []) or cell.get("id") in skip or stopped):
                 continue
             limit = min(s.timeout, deadline - time.monotonic())
             if graded:
