@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import psutil
@@ -309,3 +310,24 @@ def test_restore_tests_puts_back_what_was_deleted():
     del nb.cells[index(nb, "check_causal_mask")]
     notes = restore_tests(nb, source, read(CHAPTERS / f"{CHAPTER}.ipynb"))
     assert "check_causal_mask" in notes and index(nb, "check_causal_mask") == index(nb, "causal_mask") + 1
+
+
+def test_what_honest_notebooks_do_works_in_the_sandbox():
+    """Relative folders, the environment's own python in a subprocess, processes that share memory
+    and semaphores (chapters 12 and 17 do these): allowed, and gone with the sandbox."""
+    from transformer_course.tools.bridge import Grader
+    from transformer_course.tools.grade import Settings, start_sandbox
+
+    box = start_sandbox(Settings(work=Path("/nonexistent")))
+    try:
+        conn = Grader(box.sock)
+        err = conn.request("cell", "import os, subprocess, sys\nimport torch.multiprocessing as mp\n"
+                                   "os.makedirs('figures')\nopen('figures/a.txt', 'w').write('x')\n"
+                                   "out = subprocess.run([sys.executable, '-c', 'import torch; print(2 + 2)'],\n"
+                                   "                     capture_output=True, text=True).stdout.strip()\n"
+                                   "ctx = mp.get_context('spawn')\nlock, value = ctx.Lock(), ctx.Value('i', 0)\n"
+                                   "p = ctx.Process(target=os.getpid)\np.start()\np.join()\ncode = p.exitcode")
+        assert err is None, err
+        assert conn.request("get", "out") == "4" and conn.request("get", "code") == 0
+    finally:
+        box.close()
