@@ -6,7 +6,8 @@
 #   bash tasks.sh book --no-solutions
 #                          the same without the solutions: each exercise shows its stub, for a
 #                          class whose grades count
-#   bash tasks.sh test     run the whole test suite
+#   bash tasks.sh test [PYTEST ARGS]
+#                          run the whole test suite on every core (-n 0: in one process)
 #   bash tasks.sh sync     after editing solutions/: regenerate the package exports and chapters/
 #   bash tasks.sh gpu OUTDIR [--dry-run]
 #                          on a CUDA machine: every chapter under nbval on the GPU, Triton compiled,
@@ -65,7 +66,22 @@ case "${1:-}" in
   test)
     setup
     shift
-    python -m pytest "$@"
+    # On every core (pytest-xdist): one worker per CPU, each test file and each notebook on
+    # one worker, in order (a notebook's cells share one kernel), the slowest files first
+    # (tests/conftest.py orders them). Arguments go to pytest and win: `-n 0` or
+    # `-p no:xdist` runs everything in this one process (for pdb, -s, -x), `-n 4` picks the
+    # number of workers; so does PYTEST_XDIST_AUTO_NUM_WORKERS.
+    parallel=(-n auto --dist loadfile --no-loadscope-reorder)
+    for arg in "$@"; do
+      case "$arg" in
+        no:xdist|-pno:xdist) parallel=() ;;
+      esac
+    done
+    if [ -z "${PYTEST_XDIST_AUTO_NUM_WORKERS:-}" ]; then
+      PYTEST_XDIST_AUTO_NUM_WORKERS=$(python -c 'import os; print(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)')
+      export PYTEST_XDIST_AUTO_NUM_WORKERS
+    fi
+    python -m pytest ${parallel[@]+"${parallel[@]}"} "$@"
     ;;
   sync)
     setup
@@ -73,7 +89,7 @@ case "${1:-}" in
     python -m transformer_course.tools.notebooks sync "$@"
     ;;
   *)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

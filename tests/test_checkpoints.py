@@ -4,6 +4,8 @@ notebook never writes the course's checkpoints. Fast: tiny recipes, no real trai
 """
 
 import math
+import threading
+import time
 
 import pytest
 import torch
@@ -129,3 +131,29 @@ def test_load_or_train_loads_without_training_and_retrains_a_broken_file(tiny, m
     again, _ = training.load_or_train("dates", "cpu", progress=False)
     assert _same_weights(again, model)
     assert training.load_checkpoint(path) is not None
+
+
+def test_callers_that_miss_the_checkpoint_at_once_train_it_once(tiny, monkeypatch):
+    """Two notebooks (or two test workers) that need a missing model at the same time: one
+    trains, the others wait for its lock and load what it saved."""
+    trained = []
+
+    def slow_training(device, progress=True):
+        trained.append(device)
+        time.sleep(0.5)                 # the others miss the file meanwhile
+        return training.train_dates(device, progress=False)
+
+    monkeypatch.setitem(training.RECIPES, "dates", (_tiny_dates_recipe, slow_training))
+    got = [None] * 3
+
+    def caller(i):
+        got[i] = training.load_or_train("dates", "cpu", progress=False)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(g is not None for g in got), "a caller failed or hung"
+    assert len(trained) == 1, f"trained {len(trained)} times instead of once"
+    assert all(_same_weights(g[0], got[0][0]) for g in got)

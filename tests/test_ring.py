@@ -2,13 +2,17 @@
 in real processes (gloo on the CPU) and launched by torchrun, each with a time limit."""
 
 import queue
+import socket
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 
+from transformer_course.machine import free_port
 from transformer_course.ring import (RingAttention, SimulatedRank, block_attention,
                                      gather_sequence, run_ring, split_sequence)
 
@@ -88,3 +92,28 @@ def test_main_refuses_to_run_without_torchrun():
     done = subprocess.run([sys.executable, "-m", "transformer_course.ring"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "start it with torchrun" in done.stderr
+
+
+def test_free_port_is_kept_from_other_pickers_but_not_from_its_server():
+    """Two test workers (or notebooks) that pick a port at once must not get the same one: the
+    port free_port returns is refused to a plain bind (what picking by port 0 does), while the
+    torch.distributed store and a ZeroMQ socket (a kernel's) that bind it by number get it."""
+    import zmq
+
+    port = free_port()
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind((host, port))
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=10))
+    client = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=10))
+    client.set("rank 1", "here")
+    assert store.get("rank 1") == b"here"
+    del client, store
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(f"tcp://127.0.0.1:{free_port()}")
+        sock.close(linger=0)
+    finally:
+        ctx.term()

@@ -141,14 +141,26 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Ten
     return out
 
 
-def free_port() -> int:
-    """A TCP port nobody is listening on right now
-    (the OS picks it when we bind to port 0)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on host that nobody is listening on and that the OS hands to no one
+    else for about a minute, so that processes picking ports at the same time (two
+    notebooks, two test workers) never get the same one.
+
+    The OS picks it when we bind to port 0; we then connect to it and close the
+    accepted end first, which leaves the port in TIME_WAIT: other binds to port 0 and
+    outgoing connections skip it, while a server that binds it by number with
+    SO_REUSEADDR (torch.distributed's store, ZeroMQ) still gets it."""
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with socket.create_connection((host, port)):
+            accepted, _ = s.accept()
+            accepted.close()  # this end closes first: its TIME_WAIT holds the port
+    return port
 
 
 def allreduce_worker(rank: int, world_size: int, port: int, results) -> None:

@@ -2,6 +2,7 @@
 
 # Training: the tokenizer and data of chapter 08's two tasks, the loss, the schedule,
 # the training loop, and the checkpoints that later chapters load.
+import contextlib
 import datetime
 import hashlib
 import json
@@ -563,6 +564,26 @@ def load_checkpoint(path: Path, device=None):
     return model.to(device or "cpu").eval(), CharTokenizer(payload["chars"])
 
 
+@contextlib.contextmanager
+def checkpoint_lock(path: Path):
+    """Hold an exclusive lock on the file path + ".lock" while the block runs: one
+    process at a time (others wait). The OS releases it if the process dies; where
+    fcntl is missing (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load_or_train(name: str, device=None, progress: bool = True):
     """The course's model `name` -> (model, tokenizer), in eval mode on device (default:
     CUDA when available, else the CPU). "dates": the EncoderDecoder from dates in
@@ -580,8 +601,14 @@ def load_or_train(name: str, device=None, progress: bool = True):
     loaded = course.load_checkpoint(path, device)
     if loaded is not None:
         return loaded
-    model, tok, _ = course.RECIPES[name][1](device, progress=progress)
-    course.save_checkpoint(path, model, tok)
+    # Processes that miss the file at once (two notebooks, two test workers) train it
+    # once: the first to get the lock trains and saves, the others then load.
+    with course.checkpoint_lock(path):
+        loaded = course.load_checkpoint(path, device)
+        if loaded is not None:
+            return loaded
+        model, tok, _ = course.RECIPES[name][1](device, progress=progress)
+        course.save_checkpoint(path, model, tok)
     return model.eval(), tok
 
 
