@@ -54,9 +54,10 @@ if WORKERS > 1:
 # its items summed, from `bash tasks.sh test --durations=0`, 2 workers on a busy 2-core CPU, empty
 # checkpoint cache); the files not named take under 40 s each and follow in their usual order.
 SLOWEST_FIRST = [
+    "tests/test_grading.py",                  # 500 s: grades 67 notebooks in sandboxes, two at a time
     "solutions/08_training.ipynb",            # 370 s: trains its two models
     "solutions/09_decoding.ipynb",            # 300 s: load_or_train trains the course's models
-    "tests/test_grading.py",                  # 250 s
+    "tests/test_bridge.py",                   # 170 s: every exercise's cases through the bridge
     "solutions/15_infini_attention.ipynb",    # 160 s
     "solutions/13_speculative_sampling.ipynb",  # 125 s
     "tests/test_gpu_report.py",               # 100 s
