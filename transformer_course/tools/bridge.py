@@ -407,8 +407,8 @@ class Grader:
     """The grader's end of the connection: requests to the sandbox, and the check's own objects that
     the sandbox may call back."""
 
-    def __init__(self, sock: socket.socket, timeout: float | None = None):
-        self.sock, self.timeout = sock, timeout
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
         self.locals: dict[int, object] = {}      # what the sandbox holds references to (callbacks, sent tensors)
         self.sent = weakref.WeakValueDictionary()  # lid -> tensor sent by value (aliases, write-backs)
         self.proxies = weakref.WeakValueDictionary()
