@@ -70,8 +70,10 @@ case "${1:-}" in
     # one worker, in order (a notebook's cells share one kernel), the slowest files first
     # (tests/conftest.py orders them). Arguments go to pytest and win: `-n 0` or
     # `-p no:xdist` runs everything in this one process (for pdb, -s, -x), `-n 4` picks the
-    # number of workers; so does PYTEST_XDIST_AUTO_NUM_WORKERS.
-    parallel=(-n auto --dist loadfile --no-loadscope-reorder)
+    # number of workers; so does PYTEST_XDIST_AUTO_NUM_WORKERS. A worker that crashes is not
+    # replaced: its file fails and the others go on (under loadfile, xdist 3.8 replacing a worker
+    # can stop the run with an INTERNALERROR or hang it: pytest-xdist issues 1189, 1323, 1362).
+    parallel=(-n auto --dist loadfile --no-loadscope-reorder --max-worker-restart 0)
     for arg in "$@"; do
       case "$arg" in
         no:xdist|-pno:xdist) parallel=() ;;
