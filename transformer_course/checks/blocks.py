@@ -61,10 +61,14 @@ def _expect_untouched(x: torch.Tensor, saved: torch.Tensor, who: str, name: str 
              f"compute new tensors instead, the caller still needs {name} (it is the residual stream)")
 
 
-def _diagnose(got, want, candidates: dict, what: str, hint: str, atol=1e-5, rtol=1e-4) -> None:
-    """Pass if got matches want; else name the first wrong answer it matches; else show the values."""
+def _diagnose(got, want, candidates, what: str, hint: str, atol=1e-5, rtol=1e-4) -> None:
+    """Pass if got matches want; else name the first wrong answer it matches; else show the values.
+    candidates: {message: wrong answer}, or a function that makes them, called only on a mismatch
+    (while grading, each of the learner's calls it makes crosses the sandbox's boundary)."""
     if _close(got, want, atol, rtol):
         return
+    if callable(candidates):
+        candidates = candidates()
     g = got.detach().double().cpu()
     w = want.detach().double().cpu()
     if not torch.isfinite(g).all() and torch.isfinite(w).all():
@@ -885,10 +889,13 @@ def check_TransformerBlock(cls, seed: int = 0) -> None:
                 _expect_untouched(x, saved, who)
                 with torch.no_grad():
                     want = oracle(x, src_mask=_torch_mask(mask, B, n_heads, T))
-                try:
-                    candidates = _block_candidates(block, lins, x, mask, n_heads, norm_first)
-                except Exception:          # the learner's parts misbehave outside forward: no diagnosis
-                    candidates = {}
+
+                def candidates():
+                    try:
+                        return _block_candidates(block, lins, x, mask, n_heads, norm_first)
+                    except Exception:      # the learner's parts misbehave outside forward: no diagnosis
+                        return {}
+
                 _diagnose(got, want, candidates, what,
                           BLOCK_HINT + ". The oracle is nn.TransformerEncoderLayer(batch_first=True, "
                                        f"norm_first={norm_first}) with your weights copied in",

@@ -418,6 +418,7 @@ class Grader:
         self.call_inputs: list = []
         self.sent_now: set = set()
         self.deadline: float | None = None       # time.monotonic() by which the current check must end
+        self.read: dict = {}  # (hid, name) -> value, until a request that may change the sandbox's objects
 
     # identity of the grader's objects
     def new_lid(self) -> int:
@@ -512,7 +513,7 @@ class Grader:
                     return ("T", lid, str(x.dtype).removeprefix("torch."), list(x.shape), _tensor_bytes(x),
                             (list(x.stride()), x.storage_offset()), bool(x.requires_grad),
                             isinstance(x, torch.nn.Parameter),
-                            None if x.grad is None else (str(x.grad.dtype).removeprefix("torch."),
+                            None if not x.is_leaf or x.grad is None else (str(x.grad.dtype).removeprefix("torch."),
                                                          list(x.grad.shape), _tensor_bytes(x.grad)))
                 if _local_only(x):
                     lid = grader.new_lid()
@@ -526,6 +527,19 @@ class Grader:
 
     # one request, serving the sandbox's callbacks while it runs
     def request(self, op: str, *args):
+        # A check reads the same attributes again and again (layer.attn.w_q.weight, ...): answer those
+        # from what the sandbox said since its objects last had a chance to change. A learner whose
+        # attribute reads have side effects only changes what its own code sees.
+        if op == "getattr" and (args[0], args[1]) in self.read:
+            return self.read[args[0], args[1]]
+        if op not in _READS:
+            self.read.clear()
+        value = self._request(op, *args)
+        if op == "getattr":
+            self.read[args[0], args[1]] = value
+        return value
+
+    def _request(self, op: str, *args):
         released, self.released = self.released, []
         left = None if self.deadline is None else self.deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -593,6 +607,7 @@ class Grader:
         _send(self.sock, self.dumps(reply))
 
 
+_READS = {"getattr", "get", "len", "bool", "list"}  # requests that leave the sandbox's objects as they were
 _PLAIN = {int, float, bool, str, bytes, tuple, list, dict, type(None), torch.dtype, torch.Size}
 
 
