@@ -56,6 +56,20 @@ def test_what_crosses_the_boundary():
     assert torch.equal(w.grad, torch.full((3,), 2.0))
 
 
+def test_attribute_reads_see_every_change():
+    """A check's repeated reads are answered without a round trip, until anything may have changed."""
+    m = through_bridge("m", torch.nn.Linear(2, 3))
+    assert m.weight.dtype == torch.float32 and m.weight is m.weight   # the second read: no round trip
+    m.double()                                   # a call: the sandbox's module changed
+    assert m.weight.dtype == torch.float64
+    m.tag = "set"                                # setattr
+    assert m.tag == "set"
+    with torch.no_grad():
+        m.bias.zero_()                           # in place on a weight, forwarded to the sandbox
+    assert torch.equal(m.bias, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(m(torch.ones(1, 2, dtype=torch.float64)), m.weight.sum(1)[None])
+
+
 def test_objects_stay_in_the_sandbox():
     """Modules are proxies that look like modules; their weights are tensors whose in-place changes
     are made in the sandbox; exceptions keep their type and the learner's line."""
