@@ -157,3 +157,16 @@ def test_callers_that_miss_the_checkpoint_at_once_train_it_once(tiny, monkeypatc
     assert all(g is not None for g in got), "a caller failed or hung"
     assert len(trained) == 1, f"trained {len(trained)} times instead of once"
     assert all(_same_weights(g[0], got[0][0]) for g in got)
+
+
+def test_the_package_ships_the_current_cpu_checkpoints():
+    """The shipped checkpoints are the current recipes' (a changed recipe must ship its new
+    file: the old name would never be asked for again), and they load."""
+    folder = training.shipped("any.pt").parent
+    want = {training.checkpoint_path(name, "cpu").name for name in training.RECIPES}
+    assert {p.name for p in folder.glob("*.pt")} == want, (
+        "remake them: TRANSFORMER_COURSE_CACHE=$(mktemp -d) and load_or_train(name, 'cpu') for each "
+        "recipe, then copy the files into transformer_course/checkpoints/ (CONTRIBUTING.md)")
+    for name in want:
+        model, tok = training.load_checkpoint(folder / name)
+        assert model.cfg.vocab_size == tok.vocab_size

@@ -124,10 +124,13 @@ def submissions(folder):
     edit(nb, "scaled_dot_product_attention", "dim=-1", "dim=-2")
     save("cara", nb)
 
-    nb = solved(CHAPTER)                                            # loops forever: in a cell, in a check
-    edit(nb, "padding_mask", "#| export attention\n", "#| export attention\nwhile True:\n    pass\n")
+    # loops forever: in a cell, in a check. Asleep: the time limit is what is tested, and a busy loop
+    # would take a core from the rest of the suite for TIMEOUT seconds twice.
+    nb = solved(CHAPTER)
+    edit(nb, "padding_mask", "#| export attention\n",
+         "#| export attention\nimport time\nwhile True:\n    time.sleep(0.01)\n")
     edit(nb, "sliding_window_mask", "    return causal_mask(n) & (i - j < window)",   # ...swallowing everything
-         "    while True:\n        try:\n            while True:\n                pass\n"
+         "    while True:\n        try:\n            while True:\n                time.sleep(0.01)\n"
          "        except BaseException:\n            pass")
     save("dan", nb)
 

@@ -5,6 +5,7 @@
 import contextlib
 import datetime
 import hashlib
+import importlib.resources
 import json
 import math
 import os
@@ -526,6 +527,13 @@ def checkpoint_path(name: str, device) -> Path:
     return cache_dir() / f"{name}-{device.type}-{digest}.pt"
 
 
+def shipped(path: Path) -> Path:
+    """The copy of checkpoint `path` that comes with the package: the course's CPU
+    checkpoints, trained by load_or_train on a CPU, so that no CPU trains them again."""
+    package = Path(str(importlib.resources.files("transformer_course")))
+    return package / "checkpoints" / Path(path).name
+
+
 def save_checkpoint(path: Path, model: nn.Module, tok: CharTokenizer) -> Path:
     """Save model and tokenizer to path (atomically: write a temporary file, then
     rename)."""
@@ -599,6 +607,8 @@ def load_or_train(name: str, device=None, progress: bool = True):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = course.checkpoint_path(name, device)
     loaded = course.load_checkpoint(path, device)
+    if loaded is None:  # the package's own copy: same name, so the same recipe and device
+        loaded = course.load_checkpoint(course.shipped(path), device)
     if loaded is not None:
         return loaded
     # Processes that miss the file at once (two notebooks, two test workers) train it
