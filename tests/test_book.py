@@ -14,7 +14,8 @@ def html(tmp_path_factory):
 
 @pytest.mark.slow
 def test_front_matter_and_chapters(html):
-    for page in ("book/intro", "book/how_to_use", "book/setup", "book/notation", "book/adopting", "book/grading"):
+    for page in ("book/intro", "book/how_to_use", "book/setup", "book/notation", "book/source_notes",
+                 "book/adopting", "book/grading"):
         assert (html / f"{page}.html").exists(), page
     for nb in solution_notebooks():
         assert (html / "chapters" / f"{nb.stem}.html").exists(), nb.stem
