@@ -32,6 +32,35 @@ def test_chapter_pages_are_the_reader_edition(html):
         assert "html-manager" not in page and "require.js" not in page, "no widget JavaScript from a CDN"
         colab = re.search(r'https://colab\.research\.google\.com/github/[^"]+', page)
         assert colab and colab.group(0).endswith(f"/chapters/{nb.stem}.ipynb"), "Colab opens the student edition"
+        ref = pinned_ref()
+        assert f"/blob/{ref}/chapters/{nb.stem}.ipynb" in colab.group(0), f"Colab opens {ref}"
+        binder = re.search(r'https://mybinder\.org/v2/gh/[^"]+', page)
+        assert binder and f"/{ref}?urlpath=lab/tree/chapters/{nb.stem}.ipynb" in binder.group(0), \
+            f"Binder opens {ref}: {binder and binder.group(0)}"
+
+
+def pinned_ref() -> str:
+    """The ref the Colab setup cells install (`...@v0.2.0`), the same in every chapter."""
+    refs = set()
+    for path in solution_notebooks():
+        setup = [c.source for c in read(path).cells if "colab-setup" in c.metadata.get("tags", [])]
+        refs.update(re.findall(r"git\+\{?\w*\}?[^@\"]*@([\w.\-]+)", "\n".join(setup)))
+    assert len(refs) == 1, f"the setup cells install {sorted(refs) or 'no pinned ref'}"
+    return refs.pop()
+
+
+def test_launch_buttons_open_the_version_the_setup_cells_install():
+    """Colab and Binder open the chapters at the ref the setup cells pip-install, the release tag
+    of the package's version: the code a learner runs is the code the notebook was written for."""
+    import tomllib
+
+    import yaml
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert pinned_ref() == f"v{version}"
+    assert config["repository"]["branch"] == f"v{version}", \
+        f"_config.yml's repository.branch (the launch buttons' ref) must be v{version}"
 
 
 # --- what readers see (from the built HTML) ------------------------------------------------------
