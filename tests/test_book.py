@@ -178,3 +178,42 @@ def test_pages_show_committed_gpu_measurements(html):
             assert not (RESULTS / f"{name}.csv").exists(), (
                 f"{nb.stem}: shows no GPU numbers for {name} but benchmarks/results/gpu/{name}.csv exists: "
                 "re-execute the chapter")
+
+
+@pytest.mark.slow
+def test_figures_have_alt_text(html):
+    """A figure a cell draws is described (book/_ext/figure_alt.py), not named by its file."""
+    for nb in solution_notebooks():
+        page = (html / "chapters" / f"{nb.stem}.html").read_text()
+        for img in re.findall(r"<img [^>]*>", page):
+            alt = re.search(r'\balt="([^"]*)"', img)
+            assert alt and alt.group(1).strip(), f"{nb.stem}: an image without alt text: {img[:120]}"
+            assert not re.search(r"\.(png|jpe?g|svg)$", alt.group(1)), f"{nb.stem}: alt is a file name: {img[:160]}"
+    # the sentence that introduces the figure, with its section
+    page = (html / "chapters" / "07_encoder_decoder.html").read_text()
+    assert re.search(r'alt="Figure \([^)"]+\): The figure shows, for a source of', page)
+
+
+@pytest.mark.slow
+def test_every_icon_shown_is_in_the_trimmed_font_awesome(html):
+    """The pages load a Font Awesome of the icons they use (book/_ext/icon_subset.py), not the
+    theme's 1.49 MB bundle of all of them; every icon a page shows is in it."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from icon_subset import icons_used
+
+    script = (html / "_static" / "scripts" / "fontawesome.js").read_text()
+    assert len(script) < 100_000, f"fontawesome.js is {len(script):,} bytes"
+    icons = json.loads(re.search(r"const ICONS = (\{.*?\});", script).group(1))
+    used = icons_used(html)
+    assert len(used) >= 10 and {f"{pack} {name}" for pack, name in used} <= set(icons), \
+        f"icons not in the trimmed script: {sorted({f'{p} {n}' for p, n in used} - set(icons))}"
+    assert not (html / "_static" / "scripts" / "fontawesome.js.map").exists()
+
+
+def test_inline_code_wraps_on_a_phone():
+    """Long inline code breaks inside the column instead of widening a phone's page."""
+    css = (ROOT / "book" / "_static" / "course.css").read_text()
+    assert re.search(r"code\.literal\s*\{[^}]*overflow-wrap:\s*anywhere", css)
+    assert re.search(r"code\.literal span\.pre\s*\{[^}]*white-space:\s*pre-wrap", css)
