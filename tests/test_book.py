@@ -14,7 +14,8 @@ def html(tmp_path_factory):
 
 @pytest.mark.slow
 def test_front_matter_and_chapters(html):
-    for page in ("book/intro", "book/how_to_use", "book/setup", "book/notation", "book/adopting", "book/grading"):
+    for page in ("book/intro", "book/how_to_use", "book/setup", "book/notation", "book/source_notes",
+                 "book/adopting", "book/grading"):
         assert (html / f"{page}.html").exists(), page
     for nb in solution_notebooks():
         assert (html / "chapters" / f"{nb.stem}.html").exists(), nb.stem
@@ -31,6 +32,35 @@ def test_chapter_pages_are_the_reader_edition(html):
         assert "html-manager" not in page and "require.js" not in page, "no widget JavaScript from a CDN"
         colab = re.search(r'https://colab\.research\.google\.com/github/[^"]+', page)
         assert colab and colab.group(0).endswith(f"/chapters/{nb.stem}.ipynb"), "Colab opens the student edition"
+        ref = pinned_ref()
+        assert f"/blob/{ref}/chapters/{nb.stem}.ipynb" in colab.group(0), f"Colab opens {ref}"
+        binder = re.search(r'https://mybinder\.org/v2/gh/[^"]+', page)
+        assert binder and f"/{ref}?urlpath=lab/tree/chapters/{nb.stem}.ipynb" in binder.group(0), \
+            f"Binder opens {ref}: {binder and binder.group(0)}"
+
+
+def pinned_ref() -> str:
+    """The ref the Colab setup cells install (`...@v0.2.0`), the same in every chapter."""
+    refs = set()
+    for path in solution_notebooks():
+        setup = [c.source for c in read(path).cells if "colab-setup" in c.metadata.get("tags", [])]
+        refs.update(re.findall(r"git\+\{?\w*\}?[^@\"]*@([\w.\-]+)", "\n".join(setup)))
+    assert len(refs) == 1, f"the setup cells install {sorted(refs) or 'no pinned ref'}"
+    return refs.pop()
+
+
+def test_launch_buttons_open_the_version_the_setup_cells_install():
+    """Colab and Binder open the chapters at the ref the setup cells pip-install, the release tag
+    of the package's version: the code a learner runs is the code the notebook was written for."""
+    import tomllib
+
+    import yaml
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert pinned_ref() == f"v{version}"
+    assert config["repository"]["branch"] == f"v{version}", \
+        f"_config.yml's repository.branch (the launch buttons' ref) must be v{version}"
 
 
 # --- what readers see (from the built HTML) ------------------------------------------------------
@@ -148,3 +178,42 @@ def test_pages_show_committed_gpu_measurements(html):
             assert not (RESULTS / f"{name}.csv").exists(), (
                 f"{nb.stem}: shows no GPU numbers for {name} but benchmarks/results/gpu/{name}.csv exists: "
                 "re-execute the chapter")
+
+
+@pytest.mark.slow
+def test_figures_have_alt_text(html):
+    """A figure a cell draws is described (book/_ext/figure_alt.py), not named by its file."""
+    for nb in solution_notebooks():
+        page = (html / "chapters" / f"{nb.stem}.html").read_text()
+        for img in re.findall(r"<img [^>]*>", page):
+            alt = re.search(r'\balt="([^"]*)"', img)
+            assert alt and alt.group(1).strip(), f"{nb.stem}: an image without alt text: {img[:120]}"
+            assert not re.search(r"\.(png|jpe?g|svg)$", alt.group(1)), f"{nb.stem}: alt is a file name: {img[:160]}"
+    # the sentence that introduces the figure, with its section
+    page = (html / "chapters" / "07_encoder_decoder.html").read_text()
+    assert re.search(r'alt="Figure \([^)"]+\): The figure shows, for a source of', page)
+
+
+@pytest.mark.slow
+def test_every_icon_shown_is_in_the_trimmed_font_awesome(html):
+    """The pages load a Font Awesome of the icons they use (book/_ext/icon_subset.py), not the
+    theme's 1.49 MB bundle of all of them; every icon a page shows is in it."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from icon_subset import icons_used
+
+    script = (html / "_static" / "scripts" / "fontawesome.js").read_text()
+    assert len(script) < 100_000, f"fontawesome.js is {len(script):,} bytes"
+    icons = json.loads(re.search(r"const ICONS = (\{.*?\});", script).group(1))
+    used = icons_used(html)
+    assert len(used) >= 10 and {f"{pack} {name}" for pack, name in used} <= set(icons), \
+        f"icons not in the trimmed script: {sorted({f'{p} {n}' for p, n in used} - set(icons))}"
+    assert not (html / "_static" / "scripts" / "fontawesome.js.map").exists()
+
+
+def test_inline_code_wraps_on_a_phone():
+    """Long inline code breaks inside the column instead of widening a phone's page."""
+    css = (ROOT / "book" / "_static" / "course.css").read_text()
+    assert re.search(r"code\.literal\s*\{[^}]*overflow-wrap:\s*anywhere", css)
+    assert re.search(r"code\.literal span\.pre\s*\{[^}]*white-space:\s*pre-wrap", css)
