@@ -187,8 +187,9 @@ def _triton(bug):
     return flash_attention_triton
 
 
-def triton_returns_fp64(q, k, v, causal=False):
-    return flash.flash_attention_triton(q, k, v, causal).double()
+def triton_returns_fp64(q, k, v, causal=False, return_lse=False):
+    o, lse = flash.flash_forward_triton(q, k, v, causal)
+    return (o.double(), lse) if return_lse else o.double()
 
 
 TRITON_WRONG = [

@@ -342,14 +342,10 @@ def _low_precision_cases(seed: int):
     return [((2, 4), n, n, 64, False), ((2, 4), n, n + 37, 128, True), ((1, 8), 1, n, 128, True)]
 
 
-def _check_triton_lse(fn, q, k, v, causal, device, want, atol, head) -> None:
-    """The lse the kernel stores, which the Triton backward reads: fn(..., return_lse=True)."""
+def _check_triton_lse(lse, q, k, causal, want, atol, head) -> None:
+    """The lse the kernel stores, which the Triton backward reads."""
     n_q, n_k = q.shape[-2], k.shape[-2]
-    out = call(fn, q.to(device), k.to(device), v.to(device), causal=causal, return_lse=True)
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        fail(f"{head} with return_lse=True returned {type(out).__name__}, expected the pair "
-             "(o, lse) that flash_forward_triton returns (keep the given wrapper)")
-    lse = expect_tensor(out[1], f"{head}: lse")
+    lse = expect_tensor(lse, f"{head}: lse")
     if tuple(lse.shape) != tuple(q.shape[:-1]):
         fail(f"{head}: the lse your kernel stores has shape {list(lse.shape)}, expected "
              f"{list(q.shape[:-1])}")
@@ -386,7 +382,9 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
         head = f"{name_of(fn)}({_describe(batch, n_q, n_k, d, causal)}) [{what}]"
         with _bounds_checked() as outside:
             try:
-                o = call(fn, q.to(device), k.to(device), v.to(device), causal=causal)
+                # with the lse the kernel stores, what the backward (FlashAttentionTriton) reads
+                out = call(fn, q.to(device), k.to(device), v.to(device), causal=causal,
+                           return_lse=True)
             except NotImplementedYet:
                 raise
             except CheckFailed as e:
@@ -401,6 +399,10 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
                         "NotImplementedError()` in the kernel with your code, then run this "
                         "check again.") from None
                 raise
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            fail(f"{head} with return_lse=True returned {type(out).__name__}, expected the pair "
+                 "(o, lse) of flash_forward_triton (keep the given wrapper)")
+        o, lse = out
         expect_tensor(o, f"{head}: the output")
         if tuple(o.shape) != tuple(q.shape):
             fail(f"{head}: the output has shape {list(o.shape)}, expected {list(q.shape)}")
@@ -421,7 +423,7 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
                 fail(_where(o, want, head, atol) + ". Blocks that run past n_q or n_k need masks:"
                      " keys j >= n_k must get the score -inf, not 0")
             fail(_where(o, want, head, atol))
-        _check_triton_lse(fn, q, k, v, causal, device, want_lse, atol, head)
+        _check_triton_lse(lse, q, k, causal, want_lse, atol, head)
     if device.type == "cuda":
         for batch, n_q, n_k, d, causal in _low_precision_cases(seed):
             q, k, v = _make(batch, n_q, n_k, d, seed, spread=1.0)
