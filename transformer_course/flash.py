@@ -80,10 +80,10 @@ def flash_attention_forward(q, k, v, causal: bool = False, block_q: int = 64,
             m_new = torch.maximum(m, s.amax(-1))
             # a row that has seen no key yet: subtract 0, not -inf (then exp gives 0)
             m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)
-            alpha = torch.exp(m - m_safe)  # what was summed under the old max, rescaled
+            rho = torch.exp(m - m_safe)  # rescales what was summed under the old max
             p = torch.exp(s - m_safe[..., None])
-            l = alpha * l + p.sum(-1)
-            acc = alpha[..., None] * acc + p @ v[..., j:j + block_k, :]
+            l = rho * l + p.sum(-1)
+            acc = rho[..., None] * acc + p @ v[..., j:j + block_k, :]
             m = m_new
         o[..., i:i + block_q, :] = acc / torch.where(l > 0, l, 1.0)[..., None]
         lse[..., i:i + block_q] = m + torch.log(l)  # -inf + log 0 = -inf when no key
@@ -189,11 +189,11 @@ if triton is not None:
             s = tl.where(seen, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m - m_safe)
+            rho = tl.exp2(m - m_safe)
             p = tl.exp2(s - m_safe[:, None])
-            l = l * alpha + tl.sum(p, 1)
+            l = l * rho + tl.sum(p, 1)
             pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            acc = acc * alpha[:, None] + pv
+            acc = acc * rho[:, None] + pv
             m = m_new
         o = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(O + bh * n_q * d + rows[:, None] * d + dims[None, :],
@@ -225,9 +225,11 @@ def flash_forward_triton(q, k, v, causal: bool = False):
     return o.reshape(q.shape), lse.reshape(q.shape[:-1])
 
 
-def flash_attention_triton(q, k, v, causal: bool = False) -> torch.Tensor:
-    """Attention by flash_forward_kernel."""
-    return flash_forward_triton(q, k, v, causal)[0]
+def flash_attention_triton(q, k, v, causal: bool = False, return_lse: bool = False):
+    """Attention by flash_forward_kernel: o, or with return_lse=True (o, lse), the lse
+    the backward (FlashAttentionTriton) receives."""
+    o, lse = flash_forward_triton(q, k, v, causal)
+    return (o, lse) if return_lse else o
 
 
 if triton is not None:

@@ -30,8 +30,14 @@ def _forward(bug):
             m = torch.full(q_i.shape[:-1], -INF, dtype=q.dtype)
             l, acc = torch.zeros_like(m), torch.zeros_like(q_i)
             end = min(k.shape[-2], i + q_i.shape[-2] + shift) if causal else k.shape[-2]
+            if bug == "skip_short" and causal:  # skips the last key block its last query sees
+                end -= block_k
             for j in range(0, end, block_k):
-                s = q_i @ k[..., j:j + block_k, :].transpose(-2, -1)
+                if bug == "f32_scores":  # the scores in float32, whatever the inputs' dtype
+                    s = (q_i.float() @ k[..., j:j + block_k, :].float().transpose(-2, -1)
+                         ).to(q.dtype)
+                else:
+                    s = q_i @ k[..., j:j + block_k, :].transpose(-2, -1)
                 if causal:
                     cols = torch.arange(j, j + s.shape[-1])
                     s = s.masked_fill(cols > rows[:, None] + shift, -INF)
@@ -69,6 +75,9 @@ def _backward(bug):
         scale = 1 / math.sqrt(d)
         shift = 0 if bug == "top_left" else n_k - n_q
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        dtype = q.dtype
+        if bug == "f32_inside":  # computes in float32, returns the inputs' dtype
+            q, k, v, o, lse, do = (t.float() for t in (q, k, v, o, lse, do))
         D = do.sum(-1) if bug == "D_rowsum_dO" else (do * o).sum(-1)
         if bug != "nan_rows":
             lse = lse.masked_fill(lse == -INF, INF)
@@ -84,7 +93,7 @@ def _backward(bug):
         ds = p * (do @ v.transpose(-2, -1) - D[..., None])
         dq = ds @ k * (1.0 if bug == "dq_unscaled" else scale)
         dk = ds.transpose(-2, -1) @ q * (1.0 if bug == "dk_unscaled" else scale)
-        return dq, dk, dv
+        return dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
     return flash_attention_backward
 
@@ -96,11 +105,12 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _buggy_kernel(Q, K, V, O, n_q, n_k, d, scale, CAUSAL: tl.constexpr,
+    def _buggy_kernel(Q, K, V, O, LSE, n_q, n_k, d, scale, CAUSAL: tl.constexpr,
                       BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                       BUG: tl.constexpr):
         # BUG: 1 no rescale, 2 no division, 3 top-left causal, 4 padding keys unmasked,
-        # 5 exp of base-2 scores, 6 unmasked key loads
+        # 5 exp of base-2 scores, 6 unmasked key loads, 7 lse stored in base 2,
+        # 8 causal key loop stops one block early
         bh = tl.program_id(1).to(tl.int64)
         rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
         dims = tl.arange(0, BLOCK_D)
@@ -113,7 +123,11 @@ if triton is not None:
         shift = n_k - n_q
         if BUG == 3:
             shift = 0
-        for start in range(0, n_k, BLOCK_K):
+        end = n_k
+        if BUG == 8:
+            if CAUSAL:
+                end = tl.minimum(n_k, tl.program_id(0) * BLOCK_Q + BLOCK_Q + shift) - BLOCK_K
+        for start in range(0, end, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
             kv_mask = (cols[:, None] < n_k) & (dims[None, :] < d)
             if BUG == 6:
@@ -150,33 +164,43 @@ if triton is not None:
             o = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(O + bh * n_q * d + rows[:, None] * d + dims[None, :], o,
                  mask=(rows[:, None] < n_q) & (dims[None, :] < d))
+        lse = m + tl.log2(tl.where(l > 0, l, 1.0))  # base 2
+        if BUG != 7:
+            lse = lse * 0.6931471805599453
+        lse = tl.where(l > 0, lse, float("-inf"))
+        tl.store(LSE + bh * n_q + rows, lse, mask=rows < n_q)
 
 
 def _triton(bug):
-    def flash_attention_triton(q, k, v, causal=False):
+    def flash_attention_triton(q, k, v, causal=False, return_lse=False):
         n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
         q3, k3, v3 = (t.reshape(-1, t.shape[-2], d).contiguous() for t in (q, k, v))
         o = torch.empty_like(q3)
+        lse = torch.empty(q3.shape[:-1], dtype=torch.float32, device=q.device)
         grid = (triton.cdiv(n_q, 32), q3.shape[0])
-        _buggy_kernel[grid](q3, k3, v3, o, n_q, n_k, d, 1 / math.sqrt(d), CAUSAL=causal,
+        _buggy_kernel[grid](q3, k3, v3, o, lse, n_q, n_k, d, 1 / math.sqrt(d), CAUSAL=causal,
                             BLOCK_Q=32, BLOCK_K=32, BLOCK_D=max(16, triton.next_power_of_2(d)),
                             BUG=bug)
-        return o.reshape(q.shape)
+        o = o.reshape(q.shape)
+        return (o, lse.reshape(q.shape[:-1])) if return_lse else o
 
     return flash_attention_triton
 
 
-def triton_returns_fp64(q, k, v, causal=False):
-    return flash.flash_attention_triton(q, k, v, causal).double()
+def triton_returns_fp64(q, k, v, causal=False, return_lse=False):
+    o, lse = flash.flash_forward_triton(q, k, v, causal)
+    return (o.double(), lse) if return_lse else o.double()
 
 
 TRITON_WRONG = [
-    (_triton(1), "rescale acc and l by alpha"),
+    (_triton(1), "rescale acc and l by rho"),
     (_triton(2), "forget the final division by the running sum l"),
     (_triton(3), "aligned top-left"),
     (_triton(4), "extra zero keys"),
     (_triton(5), "exp and exp2"),
     (_triton(6), "outside the tensors"),
+    (_triton(7), "the lse your kernel stores is in base 2"),
+    (_triton(8), "your causal key loop stops too early"),
     (triton_returns_fp64, "dtype"),
 ] if triton is not None else [
     (_forward("base2"), "Triton is not available"),
@@ -194,6 +218,8 @@ EXERCISES = {
             (_forward("top_left"), "aligned top-left"),
             (_forward("pad_unmasked"), "extra zero keys"),
             (_forward("nan_rows"), "o is NaN at the first 30 queries"),
+            (_forward("skip_short"), "your causal key loop stops too early"),
+            (_forward("f32_scores"), "your o agrees with attention only to float32 precision"),
             (forward_returns_only_o, "expected a pair (o, lse)"),
         ],
     ),
@@ -207,6 +233,7 @@ EXERCISES = {
             (_backward("top_left"), "aligned top-left"),
             (_backward("base2"), "so your recomputed P is"),
             (_backward("nan_rows"), "make their P 0"),
+            (_backward("f32_inside"), "only to float32 precision"),
         ],
     ),
     "flash_attention_triton": Exercise(

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 
 from . import CheckFailed, NotImplementedYet, call, expect_tensor, fail, name_of, passed, seeded
 
+# the exercises of chapter 12, in the chapter's order (check_merge is a helper chapter 17 reuses)
+__all__ = ["check_flash_attention_forward", "check_flash_attention_backward",
+           "check_flash_attention_triton", "check_merge_attention"]
+
 LOG2E = 1 / math.log(2)
 
 
@@ -63,18 +67,36 @@ def _grads_by_formula(q, k, v, o, lse, do, mask):
 
 
 def _cases(seed: int, ds=(16, 32, 64, 128)):
-    """(batch dims, n_q, n_k, d, causal, block_q, block_k, what) in the order the check runs them."""
+    """(batch dims, n_q, n_k, d, causal, block_q, block_k, what, dtype) in the order the check
+    runs them."""
+    f32, f64 = torch.float32, torch.float64
     with seeded(seed):
         r = lambda lo, hi: int(torch.randint(lo, hi, ()))
-        rand = [((2, 3), r(20, 90), r(20, 90), ds[r(0, len(ds))], bool(r(0, 2)), 16, 32, "random")]
+        rand = [((2, 3), r(20, 90), r(20, 90), ds[r(0, len(ds))], bool(r(0, 2)), 16, 32, "random",
+                 f32)]
     return [
-        ((2,), 5, 7, 16, False, 64, 64, "one block"),
-        ((1,), 64, 96, 32, False, 32, 32, "several blocks"),
-        ((3,), 45, 70, 16, False, 16, 32, "lengths that are no multiple of the block"),
-        ((2,), 37, 100, 16, True, 16, 16, "causal, fewer queries than keys"),
-        ((2,), 50, 20, 16, True, 16, 16, "causal, more queries than keys"),
-        ((), 33, 33, ds[-1], True, 32, 16, "causal, square"),
-    ] + rand
+        ((2,), 5, 7, 16, False, 64, 64, "one block", f32),
+        ((1,), 64, 96, 32, False, 32, 32, "several blocks", f32),
+        ((3,), 45, 70, 16, False, 16, 32, "lengths that are no multiple of the block", f32),
+        ((2,), 37, 100, 16, True, 16, 16, "causal, fewer queries than keys", f32),
+        ((2,), 50, 20, 16, True, 16, 16, "causal, more queries than keys", f32),
+        ((), 33, 33, ds[-1], True, 32, 16, "causal, square", f32),
+    ] + rand + [((2,), 41, 57, 32, True, 16, 16, "float64 inputs", f64)]
+
+
+def _tolerance(dtype, atol32: float, rtol32: float = 1e-4) -> tuple[float, float]:
+    """(atol, rtol) for an answer in dtype: float32's, scaled by the ratio of the machine epsilons,
+    so that float64 inputs must give float64 accuracy (about 1e-15), not float32's (1e-7)."""
+    ratio = torch.finfo(dtype).eps / torch.finfo(torch.float32).eps
+    return atol32 * ratio, rtol32 * ratio
+
+
+def _float32_inside(head: str, what: str, err: float) -> str:
+    verb = "agree" if "," in what else "agrees"
+    return (f"{head}: your {what} {verb} with attention only to float32 precision (largest "
+            f"error {err:.1e}; float64 arithmetic gives about 1e-15): the inputs are float64, but "
+            "part of your computation is float32 (a buffer made with dtype=torch.float32, a "
+            ".float(), a float32 constant tensor?). Compute in the inputs' dtype")
 
 
 def _make(batch, n_q, n_k, d, seed, dtype=torch.float32, spread=2.0):
@@ -84,6 +106,12 @@ def _make(batch, n_q, n_k, d, seed, dtype=torch.float32, spread=2.0):
     k = torch.randn(*batch, n_k, d, generator=g, dtype=dtype)
     v = torch.randn(*batch, n_k, d, generator=g, dtype=dtype)
     return q, k, v
+
+
+def _max_error(got, want) -> float:
+    g, w = got.detach().double().cpu(), want.double()
+    fin = torch.isfinite(w)
+    return (g[fin] - w[fin]).abs().max().item() if fin.any() else 0.0
 
 
 def _close(got, want, atol, rtol=1e-4) -> bool:
@@ -107,8 +135,32 @@ def _describe(batch, n_q, n_k, d, causal, block_q=None, block_k=None) -> str:
             + blocks)
 
 
-def _diagnose_o(got, q, k, v, want, causal, n_q, n_k, block_ks, atol, head) -> None:
-    """o is wrong: name the mistake if its signature is recognizable, else say where."""
+def _cut_short(g, q, k, v, n_q, n_k, block_q, block_k, atol):
+    """If o is causal attention in which every block of block_q queries saw a prefix of its
+    visible keys made of whole key blocks, and some block saw less than it should (the key loop
+    stopped early): (first row, last row, keys seen, keys needed) of the first such block."""
+    q, k, v = (t.detach().double().cpu() for t in (q, k, v))
+    vis, cols = _visible(n_q, n_k), torch.arange(n_k)
+    short = None
+    for i in range(0, n_q, block_q):
+        last = min(i + block_q, n_q) - 1
+        need = max(0, min(n_k, last + 1 + n_k - n_q))  # keys [0, need) are seen by some row
+        cuts = [need] + [c for c in range(0, need, block_k)][::-1]
+        for c in cuts:
+            o_c, _ = _partial(q[..., i:last + 1, :], k, v, vis[i:last + 1] & (cols < c))
+            if _close(g[..., i:last + 1, :], o_c, atol * 10, 1e-3):
+                if c < need and short is None:
+                    short = (i, last, c, need)
+                break
+        else:
+            return None
+    return short
+
+
+def _diagnose_o(got, q, k, v, want, causal, n_q, n_k, block_ks, atol, head,
+                blocks=()) -> None:
+    """o is wrong: name the mistake if its signature is recognizable, else say where. blocks:
+    the (block_q, block_k) the learner's loops may use."""
     g = got.detach().double().cpu()
     if causal and n_q != n_k:
         top_left, _ = reference(q, k, v, causal=True, top_left=True)
@@ -116,6 +168,16 @@ def _diagnose_o(got, q, k, v, want, causal, n_q, n_k, block_ks, atol, head) -> N
             fail(f"{head}: your o is causal attention aligned top-left (query i sees keys "
                  f"j <= i). With n_q={n_q} queries and n_k={n_k} keys the queries are the LAST "
                  f"n_q positions: query i sees key j when j <= i + n_k - n_q (bottom-right)")
+    for block_q, block_k in blocks if causal else ():
+        short = _cut_short(g, q, k, v, n_q, n_k, block_q, block_k, atol)
+        if short:
+            first, last, seen, need = short
+            fail(f"{head}: some queries never saw keys they should: your causal key loop stops "
+                 f"too early. The queries {first}..{last} (one block) saw keys 0..{seen - 1} "
+                 f"only, but the last of them sees keys up to {need - 1} (query i sees key j "
+                 "when j <= i + n_k - n_q). Skip only the key blocks past what the block's LAST "
+                 "query sees: stop the key loop at min(n_k, first + rows in the block + n_k - "
+                 "n_q), rounded UP to a whole key block")
     has = want.abs().sum(-1) > 0
     if torch.isnan(g).any():
         if causal and n_q > n_k and torch.isnan(g[..., ~has, :]).any():
@@ -152,8 +214,8 @@ def _diagnose_o(got, q, k, v, want, causal, n_q, n_k, block_ks, atol, head) -> N
 def check_flash_attention_forward(fn, seed: int = 0) -> None:
     """fn(q, k, v, causal, block_q, block_k) must return (o, lse) equal to attention's."""
     cases = _cases(seed)
-    for n, (batch, n_q, n_k, d, causal, bq, bk, what) in enumerate(cases):
-        q, k, v = _make(batch, n_q, n_k, d, seed + n)
+    for n, (batch, n_q, n_k, d, causal, bq, bk, what, dtype) in enumerate(cases):
+        q, k, v = _make(batch, n_q, n_k, d, seed + n, dtype)
         head = (f"{name_of(fn)}({_describe(batch, n_q, n_k, d, causal, bq, bk)}) [{what}]")
         out = call(fn, q, k, v, causal=causal, block_q=bq, block_k=bk)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -169,19 +231,24 @@ def check_flash_attention_forward(fn, seed: int = 0) -> None:
         if o.dtype != q.dtype:
             fail(f"{head}: o has dtype {o.dtype}, expected q's dtype {q.dtype}")
         want_o, want_lse = reference(q, k, v, causal)
-        atol = 2e-5
-        if not _close(o, want_o, atol):
-            _diagnose_o(o, q, k, v, want_o, causal, n_q, n_k, [bk], atol, head)
+        atol, rtol = _tolerance(q.dtype, 2e-5)
+        if not _close(o, want_o, atol, rtol):
+            if dtype == torch.float64 and _close(o, want_o, 2e-5):
+                fail(_float32_inside(head, "o", _max_error(o, want_o)))
+            _diagnose_o(o, q, k, v, want_o, causal, n_q, n_k, [bk], max(atol, 2e-5), head,
+                        [(bq, bk)])
             if what == "several blocks":
                 fail(_where(o, want_o, head + ": o", atol) + ". One block was right, several "
                      "are not: when the running max m grows, rescale what was summed under the "
-                     "old max, acc AND l, by alpha = exp(m_old - m_new) before adding the new "
+                     "old max, acc AND l, by rho = exp(m_old - m_new) before adding the new "
                      "block")
-            fail(_where(o, want_o, head + ": o", atol))
-        if not _close(lse, want_lse, atol):
+            fail(_where(o, want_o, head + ": o", atol, rtol))
+        if not _close(lse, want_lse, atol, rtol):
             g = lse.detach().double()
             finite = torch.isfinite(want_lse)
-            if _close(g[finite], want_lse[finite] * LOG2E, atol):
+            if dtype == torch.float64 and _close(lse, want_lse, 2e-5):
+                fail(_float32_inside(head, "lse", _max_error(lse, want_lse)))
+            if _close(g[finite], want_lse[finite] * LOG2E, max(atol, 2e-5)):
                 fail(f"{head}: your lse is in base 2 (it equals the natural one times log2(e) = "
                      f"{LOG2E:.4f}). The backward computes P = exp(S - lse), so return the "
                      "natural log: multiply a base-2 lse by ln 2")
@@ -189,8 +256,8 @@ def check_flash_attention_forward(fn, seed: int = 0) -> None:
                 bad = g[..., ~finite]
                 fail(f"{head}: the first {n_q - n_k} queries see no key, so their lse is "
                      f"log 0 = -inf; yours has {bad.flatten()[0].item():.4g} there")
-            fail(_where(lse, want_lse, head + ": lse", atol) + ". lse = m + log(l), the running "
-                 "max plus the log of the running sum, per query")
+            fail(_where(lse, want_lse, head + ": lse", atol, rtol) + ". lse = m + log(l), the "
+                 "running max plus the log of the running sum, per query")
     passed(fn, len(cases))
 
 
@@ -199,10 +266,11 @@ def check_flash_attention_forward(fn, seed: int = 0) -> None:
 def check_flash_attention_backward(fn, seed: int = 0) -> None:
     """fn(q, k, v, o, lse, do, causal, block_q, block_k) must return attention's (dq, dk, dv)."""
     cases = _cases(seed)
-    for n, (batch, n_q, n_k, d, causal, bq, bk, what) in enumerate(cases):
-        q, k, v = _make(batch, n_q, n_k, d, seed + n)
-        do = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 100 + n))
-        o, lse = (t.float() for t in reference(q, k, v, causal))
+    for n, (batch, n_q, n_k, d, causal, bq, bk, what, dtype) in enumerate(cases):
+        q, k, v = _make(batch, n_q, n_k, d, seed + n, dtype)
+        do = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 100 + n),
+                         dtype=dtype)
+        o, lse = (t.to(dtype) for t in reference(q, k, v, causal))
         head = f"{name_of(fn)}({_describe(batch, n_q, n_k, d, causal, bq, bk)}) [{what}]"
         out = call(fn, q, k, v, o, lse, do, causal=causal, block_q=bq, block_k=bk)
         if not isinstance(out, (tuple, list)) or len(out) != 3:
@@ -212,12 +280,17 @@ def check_flash_attention_backward(fn, seed: int = 0) -> None:
             if tuple(got.shape) != tuple(like.shape):
                 fail(f"{head}: {name} has shape {list(got.shape)}, expected {list(like.shape)}")
         want = reference_grads(q, k, v, do, causal)
-        atol = 2e-4 * math.sqrt(n_k)
+        atol32 = 2e-4 * math.sqrt(n_k)
+        atol, rtol = _tolerance(dtype, atol32, 1e-3)
         scale = 1 / math.sqrt(d)
         names = ("dq", "dk", "dv")
-        wrong = [nm for nm, g, w in zip(names, out, want) if not _close(g, w, atol, 1e-3)]
+        wrong = [nm for nm, g, w in zip(names, out, want) if not _close(g, w, atol, rtol)]
         if not wrong:
             continue
+        if dtype == torch.float64 and all(_close(g, w, atol32, 1e-3) for g, w in zip(out, want)):
+            fail(_float32_inside(head, ", ".join(wrong),
+                                 max(_max_error(g, w) for g, w in zip(out, want))))
+        atol = max(atol, atol32)
         g = {nm: t.detach().double().cpu() for nm, t in zip(names, out)}
         w = dict(zip(names, want))
         if any(torch.isnan(g[nm]).any() for nm in wrong):
@@ -269,9 +342,32 @@ def _low_precision_cases(seed: int):
     return [((2, 4), n, n, 64, False), ((2, 4), n, n + 37, 128, True), ((1, 8), 1, n, 128, True)]
 
 
+def _check_triton_lse(lse, q, k, causal, want, atol, head) -> None:
+    """The lse the kernel stores, which the Triton backward reads."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    lse = expect_tensor(lse, f"{head}: lse")
+    if tuple(lse.shape) != tuple(q.shape[:-1]):
+        fail(f"{head}: the lse your kernel stores has shape {list(lse.shape)}, expected "
+             f"{list(q.shape[:-1])}")
+    if _close(lse, want, atol):
+        return
+    g = lse.detach().double().cpu()
+    finite = torch.isfinite(want)
+    if _close(g[finite], want[finite] * LOG2E, atol):
+        fail(f"{head}: o is right, but the lse your kernel stores is in base 2 (it equals the "
+             f"natural one times log2(e) = {LOG2E:.4f}). The backward recomputes "
+             "P = exp(S - lse) from it: store (m + log2(l)) * ln 2, the natural log")
+    if causal and n_q > n_k and not (g[..., ~finite] == -math.inf).all():
+        fail(f"{head}: the first {n_q - n_k} queries see no key, so the lse your kernel stores "
+             f"for them must be log 0 = -inf; yours is {g[..., ~finite].flatten()[0].item():.4g}")
+    fail(_where(lse, want, head + ": the lse your kernel stores", atol) + ". o is right, so m "
+         "and l are; the lse is (m + log2(l)) * ln 2 if you work in base 2, m + log(l) if not")
+
+
 def check_flash_attention_triton(fn, seed: int = 0) -> None:
     """fn(q, k, v, causal) must equal attention: fp32 on awkward shapes (exact to 2e-5, under the
-    interpreter on a CPU), and on a GPU also fp16/bf16 within twice PyTorch's own error."""
+    interpreter on a CPU), o and the lse the kernel stores (fn(..., return_lse=True), what the
+    backward reads), and on a GPU also fp16/bf16 outputs within twice PyTorch's own error."""
     from transformer_course.checks.machine import _bounds_checked, _chain_mentions
     from transformer_course.machine import load_triton, pick_device
 
@@ -286,7 +382,9 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
         head = f"{name_of(fn)}({_describe(batch, n_q, n_k, d, causal)}) [{what}]"
         with _bounds_checked() as outside:
             try:
-                o = call(fn, q.to(device), k.to(device), v.to(device), causal=causal)
+                # with the lse the kernel stores, what the backward (FlashAttentionTriton) reads
+                out = call(fn, q.to(device), k.to(device), v.to(device), causal=causal,
+                           return_lse=True)
             except NotImplementedYet:
                 raise
             except CheckFailed as e:
@@ -301,23 +399,31 @@ def check_flash_attention_triton(fn, seed: int = 0) -> None:
                         "NotImplementedError()` in the kernel with your code, then run this "
                         "check again.") from None
                 raise
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            fail(f"{head} with return_lse=True returned {type(out).__name__}, expected the pair "
+                 "(o, lse) of flash_forward_triton (keep the given wrapper)")
+        o, lse = out
         expect_tensor(o, f"{head}: the output")
         if tuple(o.shape) != tuple(q.shape):
             fail(f"{head}: the output has shape {list(o.shape)}, expected {list(q.shape)}")
         if o.dtype != q.dtype:
             fail(f"{head}: the output has dtype {o.dtype}, expected {q.dtype}")
-        want, _ = reference(q, k, v, causal)
+        want, want_lse = reference(q, k, v, causal)
         atol = 2e-5 if device.type == "cpu" else 1e-4
         if not _close(o, want, atol):
-            _diagnose_o(o, q, k, v, want, causal, n_q, n_k, [16, 32, 64, 128], atol, head)
+            sizes = [128, 64, 32, 16]  # the kernel's blocks: larger first (a cut at 32 rows
+            # is also one at 16, and the message should name the kernel's own block)
+            _diagnose_o(o, q, k, v, want, causal, n_q, n_k, sizes, atol, head,
+                        [(a, b) for a in sizes for b in sizes])
             if what == "several blocks":
                 fail(_where(o, want, head, atol) + ". One block was right, several are not: "
-                     "when the running max m grows, rescale acc and l by alpha = exp(m_old - "
+                     "when the running max m grows, rescale acc and l by rho = exp(m_old - "
                      "m_new) (exp2 of the difference, if you work in base 2)")
             if what == "lengths that are no multiple of the block":
                 fail(_where(o, want, head, atol) + ". Blocks that run past n_q or n_k need masks:"
                      " keys j >= n_k must get the score -inf, not 0")
             fail(_where(o, want, head, atol))
+        _check_triton_lse(lse, q, k, causal, want_lse, atol, head)
     if device.type == "cuda":
         for batch, n_q, n_k, d, causal in _low_precision_cases(seed):
             q, k, v = _make(batch, n_q, n_k, d, seed, spread=1.0)
