@@ -9,9 +9,17 @@
 #   passkey_batch, PasskeyModel, train_passkey  the chapter's passkey experiment (a tiny
 #                                     model that must read the memory), for
 #                                     benchmarks/infini_passkey.py
+#   load_or_train_passkey(**recipe)   train_passkey, cached by recipe
+import contextlib
+import hashlib
+import json
+import os
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from transformer_course.attention import causal_mask, scaled_dot_product_attention
 from transformer_course.long_attention import phi
@@ -98,16 +106,18 @@ class InfiniAttention(nn.Module):
 
 DIGITS, FILLERS = 10, 20            # tokens 0-9: digits; 10-29: filler
 QUERY = DIGITS + FILLERS            # token 30 asks for the passkey
-S = 16                              # segment length
+SEGMENT = 16                        # the segment length N_seg
 
 
 def passkey_batch(n, segments, g, where=0):
-    """n sequences of `segments` segments of S tokens: filler, one digit (the passkey)
+    """n sequences of `segments` segments of SEGMENT tokens: filler, one digit (the
+    passkey)
     at a random position of segment `where` (never its last), the query last.
-    -> (x [n, segments * S], passkey [n])."""
-    x = torch.randint(DIGITS, QUERY, (n, segments * S), generator=g)
+    -> (x [n, segments * SEGMENT], passkey [n])."""
+    x = torch.randint(DIGITS, QUERY, (n, segments * SEGMENT), generator=g)
     key = torch.randint(0, DIGITS, (n,), generator=g)
-    x[torch.arange(n), where * S + torch.randint(0, S - 1, (n,), generator=g)] = key
+    place = torch.randint(0, SEGMENT - 1, (n,), generator=g)
+    x[torch.arange(n), where * SEGMENT + place] = key
     x[:, -1] = QUERY
     return x, key
 
@@ -119,7 +129,7 @@ class PasskeyModel(nn.Module):
     def __init__(self, d_model=32, n_heads=2, delta=False):
         super().__init__()
         self.embed = nn.Embedding(QUERY + 1, d_model)
-        self.attn = InfiniAttention(d_model, n_heads, S, delta)
+        self.attn = InfiniAttention(d_model, n_heads, SEGMENT, delta)
         self.norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, DIGITS)
 
@@ -130,14 +140,29 @@ class PasskeyModel(nn.Module):
         return self.out(self.norm(h[:, -1]))
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run the block in one torch thread: at this model's size a second thread only adds
+    overhead (on a busy machine, ten times the CPU time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def passkey_accuracy(model, x, key) -> float:
-    return (model(x).argmax(-1) == key).float().mean().item()
+    with one_thread():
+        return (model(x).argmax(-1) == key).float().mean().item()
 
 
-def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, steps=300):
+def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, steps=300,
+                  progress=False):
     """Train a PasskeyModel on 4 segments; memory=False: the baseline (gate closed and
-    frozen). -> (model, history: step, held-out accuracy, sigmoid(beta) per head)."""
+    frozen). -> (model, history: step, held-out accuracy, sigmoid(beta) per head).
+    progress: a tqdm bar over the steps."""
     torch.manual_seed(seed)
     model = PasskeyModel(delta=delta)
     with torch.no_grad():
@@ -149,10 +174,10 @@ def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, ste
     g = torch.Generator().manual_seed(seed)                  # the same batches for all
     x_val, key_val = passkey_batch(1000, 4, torch.Generator().manual_seed(10**4 + seed))
     history = {"step": [], "accuracy": [], "gate": []}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                 # at this size a second thread only costs
-    try:
-        for step in range(steps + 1):
+    with one_thread():
+        bar = tqdm(range(steps + 1), disable=not progress, leave=False,
+                   desc=f"passkey, {'memory' if memory else 'baseline'}, seed {seed}")
+        for step in bar:
             if step % 25 == 0:
                 history["step"].append(step)
                 history["accuracy"].append(passkey_accuracy(model, x_val, key_val))
@@ -163,6 +188,31 @@ def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, ste
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-    finally:
-        torch.set_num_threads(threads)
     return model, history
+
+
+def load_or_train_passkey(progress=True, **recipe):
+    """(model, history) of train_passkey(**recipe), trained once per machine and
+    cached by recipe next to the course's checkpoints (training.cache_dir());
+    history["cpu_seconds"]: what training cost. The package's code trains, as
+    load_or_train does."""
+    from transformer_course import infini as course
+    from transformer_course.training import cache_dir, checkpoint_lock
+
+    code = hashlib.sha256(open(course.__file__, "rb").read()).hexdigest()
+    spec = json.dumps({"recipe": recipe, "code": code}, sort_keys=True)
+    path = cache_dir() / f"passkey-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.pt"
+    with checkpoint_lock(path):
+        try:
+            payload = torch.load(path, weights_only=True)
+        except Exception:                            # missing or unreadable: train it
+            start = time.process_time()
+            model, history = course.train_passkey(progress=progress, **recipe)
+            history["cpu_seconds"] = time.process_time() - start
+            payload = {"state_dict": model.state_dict(), "history": history}
+            tmp = path.with_suffix(".tmp")
+            torch.save(payload, tmp)
+            os.replace(tmp, path)                    # readers see all of it or nothing
+    model = course.PasskeyModel(delta=recipe.get("delta", False))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload["history"]

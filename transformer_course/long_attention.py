@@ -6,7 +6,8 @@
 #   sliding_window_attention(q, k, v, window, block)   the band only, O(N (W + B))
 #   RollingKVCache(window)               a cache of the last W keys and values
 #   block_sparse_mask(n, block, pattern) "local", "strided", "bigbird" masks
-#   block_sparse_attention(q, k, v, mask, block)   only the blocks the mask keeps
+#   block_layout(mask, block)            which [block, block] tiles a mask keeps
+#   block_sparse_attention(q, k, v, layout, block)   only the tiles the layout keeps
 #   phi, linear_attention(_recurrent, _chunked)    phi = elu + 1: parallel, recurrent,
 #                                                  chunked
 import math
@@ -31,7 +32,7 @@ def window_mask(n_q: int, n_k: int, window: int) -> torch.Tensor:
 
 def sliding_window_attention(q, k, v, window: int, block: int = 64) -> torch.Tensor:
     """Causal attention over the last `window` keys: q, k [..., N, d_k], v [..., N, d_v]
-    -> [..., N, d_v].
+    -> [..., N, d_v], W keys per query (j > i - window).
 
     Query blocks of `block` rows see only the keys [i0 - window + 1, i1): the scores
     computed are O(N (window + block)), never [N, N]."""
@@ -130,29 +131,35 @@ def block_sparse_mask(n: int, block: int, pattern: str, window: int = 3,
     return keep[token_block[:, None], token_block[None, :]] & causal_mask(n)
 
 
-def block_sparse_attention(q, k, v, mask: torch.Tensor, block: int) -> torch.Tensor:
-    """Softmax attention of q, k [..., N, d_k], v [..., N, d_v] under a bool mask
-    [N, N], computing only the [block, block] tiles where the mask keeps something.
-    Every query must see at least one key."""
-    n = q.shape[-2]
-    if mask.shape != (n, n) or k.shape[-2] != n or v.shape[-2] != n:
-        raise ValueError(f"expected q, k, v [..., N, d] and mask [N, N], got q "
-                         f"{list(q.shape)}, k {list(k.shape)}, mask {list(mask.shape)}")
+def block_layout(mask: torch.Tensor, block: int) -> torch.Tensor:
+    """Bool [n_blocks, n_blocks], n_blocks = ceil(N / block): does the [block, block]
+    tile (r, c) of the bool mask [N, N] keep anything?"""
+    n = mask.shape[-1]
     n_blocks, pad = -(-n // block), -n % block
-    # the block layout: does block (r, c) keep anything? One pass over the mask (a
-    # kernel would take the [n_blocks, n_blocks] layout itself, not an [N, N] mask)
     padded = F.pad(mask.cpu(), (0, pad, 0, pad)) if pad else mask.cpu()
-    layout = padded.reshape(n_blocks, block, n_blocks, block).any(3).any(1)
-    positions = torch.arange(n_blocks * block).reshape(n_blocks, block)
+    return padded.reshape(n_blocks, block, n_blocks, block).any(3).any(1)
+
+
+def block_sparse_attention(q, k, v, layout: torch.Tensor, block: int) -> torch.Tensor:
+    """Causal softmax attention of q, k [..., N, d_k], v [..., N, d_v] on the [block,
+    block] tiles that the bool layout [n_blocks, n_blocks] keeps, j <= i inside them:
+    dense attention under the mask the layout expands to. Every query must see a key."""
+    n, n_blocks = q.shape[-2], -(-q.shape[-2] // block)
+    if layout.shape != (n_blocks, n_blocks) or k.shape[-2] != n or v.shape[-2] != n:
+        raise ValueError(f"expected q, k, v [..., N, d] and a layout {[n_blocks] * 2} "
+                         f"(ceil(N / block) squared), got q {list(q.shape)}, k "
+                         f"{list(k.shape)}, layout {list(layout.shape)}")
+    offsets = torch.arange(block)
     out = []
     for r in range(n_blocks):
-        cols = positions[layout[r]].flatten()
+        rows = torch.arange(r * block, min(n, (r + 1) * block))
+        cols = (torch.nonzero(layout[r].cpu())[:, :1] * block + offsets).flatten()
         cols = cols[cols < n]                                # the last block is shorter
-        rows = mask[r * block:(r + 1) * block][:, cols.to(mask.device)]
+        mask = (cols[None, :] <= rows[:, None]).to(q.device)      # causal in the tile
         cols = cols.to(q.device)
         out.append(scaled_dot_product_attention(
             q[..., r * block:(r + 1) * block, :], k[..., cols, :], v[..., cols, :],
-            rows.to(q.device)))
+            mask))
     return torch.cat(out, dim=-2)
 
 

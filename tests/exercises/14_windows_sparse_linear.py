@@ -108,7 +108,7 @@ def _chunked(bug):
             qc, kc, vc = (t[..., c0:c0 + chunk, :] for t in (fq, fk, v))
             a = qc @ kc.transpose(-2, -1)
             if bug != "intra_full":
-                a = a.tril()
+                a = a.tril(-1 if bug == "strict" else 0)     # strict: diagonal dropped
             if bug == "intra_none":
                 a = torch.zeros_like(a)
             if bug == "double":
@@ -199,6 +199,7 @@ EXERCISES = {
         wrong=[
             (_chunked("intra_full"), "must be masked causally"),
             (_chunked("intra_none"), "NaN in the first chunk"),
+            (_chunked("strict"), "do not see their own key"),
             (_chunked("double"), "counted twice"),
             (_chunked("no_carry"), "do not see the earlier chunks"),
             (_chunked("phi_v"), "phi applied to v too"),

@@ -1,7 +1,7 @@
 """Chapter 15 (Infini-attention): the exercises, their checks, and plausible wrong answers,
 among them the known bugs of public reproductions (0/0 on the empty memory, sqrt(d_model),
-the current segment in the memory, a reset that does nothing, a memory not detached or
-shared, a gate not per head)."""
+the current segment in the memory, a reset that does nothing or empties M but not z, a
+memory not detached or shared, a gate not per head, delta=True ignored)."""
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,10 @@ def _layer(bug):
                 return
             if bug == "global":
                 _GLOBAL.clear()
+            if bug == "reset_m_only":
+                if self.M is not None:
+                    self.M = torch.zeros_like(self.M)    # z is kept
+                return
             self.M = self.z = None
 
         def forward(self, x):
@@ -116,7 +120,9 @@ def _layer(bug):
                 if bug == "nan":
                     mem = (phi(qs) @ M) / (phi(qs) @ z[..., None])
                 out.append(gate * mem + (1 - gate) * local)
-                if bug != "current":
+                if bug == "ignore_delta":
+                    M, z = infini.memory_update(ks, vs, M, z)     # delta=True ignored
+                elif bug != "current":
                     M, z = infini.memory_update(ks, vs, M, z, self.delta)
             if bug == "no_carry":
                 M = z = None
@@ -165,6 +171,8 @@ EXERCISES = {
             (_layer("shared_heads"), "one memory shared by all heads"),
             (_layer("nan"), "contains NaN"),
             (_layer("reset_noop"), "reset_memory() must empty the memory"),
+            (_layer("reset_m_only"), "Empty both M and z"),
+            (_layer("ignore_delta"), "what the linear write gives"),
             (_layer("no_carry"), "keep the memory (M, z) across calls"),
             (_layer("global"), "changed another layer's"),
             (_layer("no_detach"), "Store it detached"),

@@ -257,6 +257,31 @@ def infini_ref(x, wq, wk, wv, wo, beta, n_heads, segment, bug=None):
     return out.transpose(1, 2).reshape(B, N, D) @ wo.T
 
 
+def infini_delta_ref(x, wq, wk, wv, wo, beta, n_heads, segment, delta=True):
+    """The layer segment by segment in float64, written with update_ref's rule (the delta
+    rule when delta=True): the reference for InfiniAttention(..., delta=True)."""
+    x, wq, wk, wv, wo, beta = (t.detach().double().cpu() for t in (x, wq, wk, wv, wo, beta))
+    B, N, D = x.shape
+    dh = D // n_heads
+
+    def heads(t):
+        return t.view(B, N, n_heads, dh).transpose(1, 2)
+
+    q, k, v = heads(x @ wq.T), heads(x @ wk.T), heads(x @ wv.T)
+    M = torch.zeros(B, n_heads, dh, dh, dtype=torch.float64)
+    z = torch.zeros(B, n_heads, dh, dtype=torch.float64)
+    g = torch.sigmoid(beta).view(1, n_heads, 1, 1)
+    out = []
+    for s0 in range(0, N, segment):
+        qs, ks, vs = (t[:, :, s0:s0 + segment] for t in (q, k, v))
+        n = qs.shape[-2]
+        lower = torch.ones(n, n, dtype=torch.bool).tril()
+        scores = (qs @ ks.transpose(-2, -1) / dh ** 0.5).masked_fill(~lower, float("-inf"))
+        out.append(g * retrieve_ref(qs, M, z) + (1 - g) * (scores.softmax(-1) @ vs))
+        M, z = update_ref(ks, vs, M, z, delta)
+    return torch.cat(out, 2).transpose(1, 2).reshape(B, N, D) @ wo.T
+
+
 LAYER_BUGS = {
     "sqrt_d_model": "your output is what scores divided by sqrt(d_model) give: scale the "
                     "local attention by sqrt(d_head), the size of the vectors compared",
@@ -320,6 +345,29 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
                  "attention inside each segment, the memory of the earlier segments, "
                  "gated per head)")
         n_cases += 1
+    # delta=True: the layer writes with the delta rule (4 segments, the last one short)
+    with seeded(seed + 3):
+        m = call(cls, 12, 3, 4, delta=True).double()
+        with torch.no_grad():
+            m.beta.copy_(torch.tensor([0.8, -0.5, 1.6]))
+        x = torch.randn(2, 15, 12, dtype=torch.float64)
+    head = f"{who}(d_model=12, n_heads=3, segment=4, delta=True) on x [2, 15, 12]"
+    out = call(m, x)
+    expect_tensor(out, head)
+    w = _params(m)
+    if not _close(out, infini_delta_ref(x, *w, 3, 4), 1e-9):
+        if _close(out, infini_delta_ref(x, *w, 3, 4, delta=False), 1e-8):
+            fail(f"{head}: your output is what the linear write gives: with delta=True "
+                 "write each segment with the delta rule (pass delta=self.delta to "
+                 "memory_update)")
+        if torch.isnan(out.detach()).any():
+            fail(f"{head}: the output contains NaN: 0/0 when the delta rule reads the empty "
+                 "memory? An empty memory reads as zeros")
+        err = (out.detach().double() - infini_delta_ref(x, *w, 3, 4)).abs().max().item()
+        fail(f"{head}: differs from the reference by up to {err:.3g} (each segment: read the "
+             "memory, then write the segment with the delta rule, M + sigma(K)^T (V - "
+             "sigma(K) M / (sigma(K) z)))")
+    n_cases += 1
     # one segment, gate closed: plain causal multi-head attention
     with seeded(seed):
         m = call(cls, 8, 2, 6).double()
@@ -348,6 +396,14 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
         fail(f"{who}: after reset_memory() the first segment's output differs from a fresh "
              "layer's: reset_memory() must empty the memory (a no-op, or a memory "
              "zeroed in a copy?)")
+    # ... all of it: after a reset, one call on two segments is a fresh layer's
+    call(m.reset_memory)
+    again = call(m, x[:, :6]).detach()
+    if not _close(again, whole[:, :6].double(), 1e-9):
+        fail(f"{who}: after reset_memory() the first segment is right but the second "
+             "differs from a fresh layer's, within one call: reset_memory() emptied only "
+             "part of the memory. Empty both M and z (self.M = self.z = None): a z left "
+             "from the earlier calls still divides every read")
     n_cases += 1
     call(m.reset_memory)
     parts = torch.cat([call(m, x[:, i:i + 3]).detach() for i in (0, 3, 6)], 1)

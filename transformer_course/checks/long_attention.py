@@ -273,7 +273,7 @@ def _chunked_bug(q, k, v, chunk, bug):
         qc, kc, vc = (t[..., c0:c0 + chunk, :] for t in (fq, fk, v))
         a = qc @ kc.transpose(-2, -1)
         if bug != "intra_full":
-            a = a.tril()
+            a = a.tril(-1 if bug == "strict" else 0)
         if bug == "intra_none":
             a = torch.zeros_like(a)
         if bug == "double":                       # the state updated before it is read
@@ -318,6 +318,12 @@ def check_linear_attention_chunked(fn, seed: int = 0) -> None:
             n_cases += 1
             continue
         g = out.detach().double().cpu()
+        strict = _chunked_bug(q, k, v, chunk, "strict")
+        if torch.allclose(g, strict, rtol=1e-4, atol=max(tol, 1e-5) * 10, equal_nan=True):
+            fail(f"{head}: inside a chunk your queries do not see their own key: the causal "
+                 "mask of the intra-chunk part keeps j <= i, the diagonal included (tril(),"
+                 " not tril(-1)); without it the first query of the sequence sees no key "
+                 "at all and gives 0/0 = NaN")
         if chunk > 1 and torch.isnan(g[..., :min(chunk, n), :]).any():
             fail(f"{head}: NaN in the first chunk, which has no earlier chunks: there the "
                  "output comes from the intra-chunk part alone (the causal phi(Q_c) "
