@@ -61,6 +61,7 @@ SLOWEST_FIRST = [
     "solutions/15_infini_attention.ipynb",    # 160 s
     "solutions/13_speculative_sampling.ipynb",  # 125 s
     "tests/test_gpu_report.py",               # 100 s
+    "tests/test_selfcheck.py",                # 160 s under load: the CLI runs chapters
     "solutions/16_rwkv.ipynb",                # 100 s
     "solutions/05_normalization_and_residuals.ipynb",  # 75 s
     "solutions/17_ring_attention.ipynb",      # 65 s
