@@ -50,9 +50,9 @@ class KVCache:
 
     KVCache(n_layers). update(layer, k, v) appends one layer's new k, v
     [B, G, N_new, d_head] and returns that layer's (k_all, v_all) [B, G, N, d_head],
-    cached positions first; len(cache) is the number of cached positions; crop(n) keeps
-    the first n positions (rewinds: the newest are dropped); reset() empties the cache
-    for the next prompt.
+    cached positions first (N_new may be 0: then it returns what the layer holds);
+    len(cache) is the number of cached positions; crop(n) keeps the first n positions
+    (rewinds: the newest are dropped); reset() empties the cache for the next prompt.
     """
 
     def __init__(self, n_layers: int):
