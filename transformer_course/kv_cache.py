@@ -50,9 +50,9 @@ class KVCache:
 
     KVCache(n_layers). update(layer, k, v) appends one layer's new k, v
     [B, G, N_new, d_head] and returns that layer's (k_all, v_all) [B, G, N, d_head],
-    cached positions first; len(cache) is the number of cached positions; crop(n) keeps
-    the first n positions (rewinds: the newest are dropped); reset() empties the cache
-    for the next prompt.
+    cached positions first (N_new may be 0: then it returns what the layer holds);
+    len(cache) is the number of cached positions; crop(n) keeps the first n positions
+    (rewinds: the newest are dropped); reset() empties the cache for the next prompt.
     """
 
     def __init__(self, n_layers: int):
@@ -110,12 +110,17 @@ def decode_mask(n_q: int, n_k: int) -> torch.Tensor:
 
 def cached_attention(attn, x: torch.Tensor, cache, layer: int,
                      mask: torch.Tensor) -> torch.Tensor:
-    """attn (chapter 04's MultiHeadAttention) on new tokens x [B, N_new, D], their keys
-    and values appended to cache's layer; mask [N_new, N_k] or [B, 1, N_new, N_k]
-    -> [B, N_new, D]."""
+    """attn (chapter 04's MultiHeadAttention, or chapter 11's GroupedQueryAttention,
+    whose n_kv_heads K/V heads are what the cache holds) on new tokens x [B, N_new, D],
+    their keys and values appended to cache's layer; mask [N_new, N_k] or
+    [B, 1, N_new, N_k] -> [B, N_new, D]."""
+    G = getattr(attn, "n_kv_heads", attn.n_heads)                # G = H here
     q = split_heads(attn.w_q(x), attn.n_heads)                   # [B, H, N_new, d_head]
-    k, v = cache.update(layer, split_heads(attn.w_k(x), attn.n_heads),
-                        split_heads(attn.w_v(x), attn.n_heads))   # [B, H, N_k, d_head]
+    k, v = cache.update(layer, split_heads(attn.w_k(x), G),
+                        split_heads(attn.w_v(x), G))              # [B, G, N_k, d_head]
+    if G != attn.n_heads:               # chapter 11: a K/V head serves H/G query heads
+        k = k.repeat_interleave(attn.n_heads // G, dim=1)
+        v = v.repeat_interleave(attn.n_heads // G, dim=1)
     return attn.w_o(merge_heads(scaled_dot_product_attention(q, k, v, mask)))
 
 

@@ -13,6 +13,10 @@ def _bytes_no_two(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_elemen
     return n_layers * n_kv_heads * d_head * seq_len * batch * bytes_per_element
 
 
+def _bytes_no_element_size(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_element):
+    return 2 * n_layers * n_kv_heads * d_head * seq_len * batch
+
+
 def _bytes_bits(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_element):
     return 2 * n_layers * n_kv_heads * d_head * seq_len * batch * bytes_per_element * 8
 
@@ -31,6 +35,7 @@ def _bytes_tensor(n_layers, n_kv_heads, d_head, seq_len, batch, bytes_per_elemen
 
 BYTES_WRONG = [
     (_bytes_no_two, "you dropped the factor 2: the cache holds keys AND values"),
+    (_bytes_no_element_size, "you left out bytes_per_element = 4"),
     (_bytes_bits, "that is bits, not bytes"),
     (_bytes_float, "expected an int: bytes are whole numbers"),
     (_bytes_no_batch, "you left out batch = 13"),
@@ -162,7 +167,11 @@ LLAMA_WRONG = [
     (_llama(n_kv_heads=64), "the cache holds the 8 K/V heads of 128"),
     (_llama(n_kv_heads=1, d_head=8192), "(the 64 query heads, or d_model)"),
     (lambda seq_len, batch, bytes_per_element=2: 80 * 8 * 128 * seq_len * batch * bytes_per_element,
-     "you dropped the factor 2"),
+     "you dropped the factor 2: keys AND values"),
+    (lambda seq_len, batch, bytes_per_element=2: 2 * 80 * 8 * 128 * seq_len * batch,
+     "you left out bytes_per_element"),
+    (lambda seq_len, batch, bytes_per_element=2: kv_cache.kv_cache_bytes(
+        80, 8, 128, seq_len, batch, 2), "you used 2 bytes per element whatever"),
     (lambda seq_len, batch, bytes_per_element=2: kv_cache.kv_cache_bytes(
         80, 8, 128, seq_len, batch, bytes_per_element) / 1e9, "expected an int"),
 ]

@@ -48,6 +48,8 @@ def _gqa(order="interleave", n_rep=lambda H, G: H // G, scale=lambda q, k, H: ma
         scores = q @ k.transpose(-2, -1) / scale(q, k, H)
         if mask is not None and mask_mode == "before":
             scores = scores.masked_fill(~mask, float("-inf"))
+        if mask is not None and mask_mode == "inverted":
+            scores = scores.masked_fill(mask, float("-inf"))
         w = scores.softmax(-1)
         if mask is not None and mask_mode == "after":
             w = w * mask
@@ -64,6 +66,7 @@ GQA_WRONG = [
     (_gqa(dim=2), "expand k and v along dimension 1"),
     (_gqa(mask_mode="ignored"), "ignores the mask"),
     (_gqa(mask_mode="after"), "after the softmax"),
+    (_gqa(mask_mode="inverted"), "your mask is inverted: True means *may attend*"),
     (_gqa(scale=lambda q, k, H: math.sqrt(H * q.shape[-1])), "sqrt(H * d) = sqrt(48)"),
     (_gqa(scale=lambda q, k, H: math.sqrt(k.shape[-2])), "sqrt(N_k) = sqrt(7)"),
     (_gqa(scale=lambda q, k, H: 1.0), "1 (no scaling)"),

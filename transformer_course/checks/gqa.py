@@ -32,6 +32,12 @@ def _same(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
         torch.allclose(a.detach().double().cpu(), b.detach().double().cpu(), atol=atol, rtol=1e-4))
 
 
+def _same_nan(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
+    """_same, with NaN equal to NaN (the rows of a query left with no key)."""
+    return tuple(a.shape) == tuple(b.shape) and bool(torch.allclose(
+        a.detach().double().cpu(), b.detach().double().cpu(), atol=atol, rtol=1e-4, equal_nan=True))
+
+
 def _head_sources(got: torch.Tensor, x: torch.Tensor) -> list[int | None]:
     """For each output head, the input head it equals (None if none)."""
     src = []
@@ -157,8 +163,12 @@ def _diagnose_gqa(got, q, k, v, mask, what):
         if _same(got, _reference(q, k, v, mask, mask_mode="after")):
             fail(f"{what}: you applied the mask after the softmax (zeroing weights), so the remaining "
                  f"weights no longer sum to 1. Set masked scores to -inf before the softmax")
-        if bool((~mask).any(-1).all()) and _same(got, _reference(q, k, v, ~mask)):
-            fail(f"{what}: your mask is inverted: True means *may attend*")
+        if _same_nan(got, _reference(q, k, v, ~mask)):
+            nan_rows = "" if bool((~mask).any(-1).all()) else (
+                "; the queries that may see every key had none left, hence the NaN rows")
+            fail(f"{what}: your mask is inverted: True means *may attend*, so set the scores to "
+                 f"-inf where the mask is False (masked_fill(~mask, ...)); you hid the keys a "
+                 f"query may see and kept the others{nan_rows}")
     scales = {"1 (no scaling)": 1.0, f"d = {d}": float(d) ** 2, f"sqrt(H * d) = sqrt({H * d})": H * d,
               f"sqrt(G * d) = sqrt({G * d})": G * d, f"sqrt(N_k) = sqrt({n_k})": n_k,
               f"sqrt(N_q) = sqrt({n_q})": n_q, f"sqrt(H) = sqrt({H})": H}
