@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from transformer_course.machine import free_port
 from transformer_course.ring import (RingAttention, SimulatedRank, block_attention,
-                                     gather_sequence, run_ring, split_sequence)
+                                     gather_sequence, ring_attention, run_ring,
+                                     simulate_ring, split_sequence)
 
 
 def inputs(n, seed=0):
@@ -64,12 +65,24 @@ def test_backward_ring_on_simulated_ranks_equals_autograd(size, layout, causal):
         assert err < 1e-12, f"{name} of the ring differs from autograd by {err:.1e}"
 
 
-def test_four_gloo_processes_equal_single_process_attention_and_gradients():
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_simulated_ring_counts_p_minus_one_messages_per_rank(size):
+    q, k, v, *_ = inputs(8 * size)
+    o, lse, sent = simulate_ring(ring_attention, q, k, v, size, causal=True, count=True)
+    assert sent == [size - 1] * size, sent
+    want = reference(q, k, v, *inputs(8 * size)[3:], causal=True)
+    assert (o - want[0]).abs().max() < 1e-12 and (lse - want[1]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("send_first", [True, False])
+def test_four_gloo_processes_equal_single_process_attention_and_gradients(send_first):
     q, k, v, do, dlse = inputs(24)
     want = reference(q, k, v, do, dlse, causal=True)
     run = run_ring(q, k, v, 4, causal=True, layout="zigzag", timeout=120,
-                   grads_out=(do, dlse))
-    assert [r[0] for r in run.reports] == [0, 1, 2, 3] and run.reports[0][1] == "gloo"
+                   grads_out=(do, dlse), repeats=2, send_first=send_first)
+    assert [r["rank"] for r in run.reports] == [0, 1, 2, 3]
+    assert run.reports[0]["backend"] == "gloo"
+    assert all(len(r["seconds"]) == 2 and r["bytes_counted"] > 0 for r in run.reports)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), (run.o, run.lse, *run.grads),
                           want):
         assert (a - b).abs().max() < 1e-12, f"ring {name} differs from attention"

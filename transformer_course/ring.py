@@ -155,8 +155,10 @@ class SimulatedRank:
 
     def __init__(self, rank: int, size: int, inboxes: list, timeout: float):
         self.rank, self.size, self.inboxes, self.timeout = rank, size, inboxes, timeout
+        self.sent = 0  # messages this rank has sent
 
     def shift(self, t):
+        self.sent += 1
         self.inboxes[(self.rank + 1) % self.size].put(t.clone())
         box, timeout = self.inboxes[self.rank], self.timeout
 
@@ -174,16 +176,19 @@ class SimulatedRank:
 
 
 def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
-                  layout: str = "contiguous", timeout: float = 20.0):
+                  layout: str = "contiguous", timeout: float = 20.0,
+                  count: bool = False):
     """Run fn(q_r, k_r, v_r, causal=, group=SimulatedRank, layout=) on `size` simulated
-    ranks; return (o, lse) gathered into sequence order."""
+    ranks; return (o, lse) gathered into sequence order, and with count=True also the
+    number of messages each rank sent."""
     parts = [split_sequence(t, size, layout) for t in (q, k, v)]
     inboxes = [queue.Queue() for _ in range(size)]
+    groups = [SimulatedRank(r, size, inboxes, timeout) for r in range(size)]
     out, errors = [None] * size, []
 
     def run(r):
         try:
-            group = SimulatedRank(r, size, inboxes, timeout)
+            group = groups[r]
             q_r, k_r, v_r = (p[r] for p in parts)
             out[r] = fn(q_r, k_r, v_r, causal=causal, group=group, layout=layout)
         except BaseException as e:  # noqa: BLE001 (re-raised in the caller)
@@ -205,8 +210,9 @@ def simulate_ring(fn, q, k, v, size: int, causal: bool = False,
         if not isinstance(res, (tuple, list)) or len(res) != 2:
             raise TypeError(f"rank {r} returned {type(res).__name__}, "
                             "expected (o, lse)")
-    return (gather_sequence([res[0] for res in out], layout),
-            gather_sequence([res[1] for res in out], layout, dim=-1))
+    o = gather_sequence([res[0] for res in out], layout)
+    lse = gather_sequence([res[1] for res in out], layout, dim=-1)
+    return (o, lse, [g.sent for g in groups]) if count else (o, lse)
 
 
 def block_attention_backward(q, k, v, o, lse, do, dlse, q_pos=None, k_pos=None,
@@ -280,27 +286,59 @@ def join_ring(rank: int, size: int, gpu: int | None = None) -> torch.device:
     return torch.device("cuda", gpu)
 
 
+class SendAfterCompute:
+    """A group for ring_shift that starts each transfer only when its result is waited
+    for, so a block's compute runs before its send instead of beside it: the ring
+    without overlap, to measure what starting the send first buys."""
+
+    def __init__(self):
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+
+    def shift(self, t):
+        class Later:
+            def wait(self):
+                return ring_shift(t).wait()
+
+        return Later()
+
+
 def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1,
-                grads_out=None):
+                grads_out=None, send_first=True):
     """Run by each spawned process: join the group, run ring_attention on this rank's
-    block and, given grads_out = (do, dlse), the backward ring; put (rank, backend, o,
-    lse, seconds, bytes held, (dq, dk, dv) or None) on results."""
+    block (a warm-up call, one that measures memory, then `repeats` timed calls) and,
+    given grads_out = (do, dlse), the backward ring; put (rank, backend, o, lse, seconds
+    of each call, bytes counted, bytes measured, (dq, dk, dv) or None) on results.
+    The measurement counts the tensors a call allocates when each has its own mapping
+    (glibc: MALLOC_MMAP_THRESHOLD_=65536, as benchmarks/ring_attention.py sets)."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dev = join_ring(rank, size, rank if torch.cuda.device_count() >= size else None)
+    group = None if send_first else SendAfterCompute()
     try:
         q_r, k_r, v_r = (split_sequence(t, size, layout)[rank].to(dev)
                          for t in (q, k, v))
-        ring_attention(q_r, k_r, v_r, causal, None, layout)  # warm-up
-        dist.barrier()
-        start = time.perf_counter()
+
+        def call():
+            return ring_attention(q_r, k_r, v_r, causal, group, layout)
+
+        call()  # warm-up
+        measured = None  # how far resident memory rose during one call (Linux)
+        if dev.type == "cpu" and os.path.exists("/proc/self/clear_refs"):
+            from transformer_course.flash import peak_rss_increase
+            try:
+                measured = peak_rss_increase(call)
+            except OSError:  # /proc/self/clear_refs not writable here
+                call()
+        seconds = []
         for _ in range(repeats):
-            o, lse = ring_attention(q_r, k_r, v_r, causal, None, layout)
-        seconds = (time.perf_counter() - start) / repeats
+            dist.barrier()
+            start = time.perf_counter()
+            o, lse = call()
+            seconds.append(time.perf_counter() - start)
         n = q_r.shape[-2]
-        # q, k, v, o (4), the stacked K/V in hand (2) and arriving (2), lse, one [n, n]
-        # score block per head
-        held = (q_r.numel() * 8 + lse.numel() + lse.numel() * n) * q_r.element_size()
+        # counted from the shapes: o, the stacked K/V in hand (2) and arriving (2), lse,
+        # one [n, n] score block per head
+        counted = (q_r.numel() * 5 + lse.numel() + lse.numel() * n) * q_r.element_size()
         grads = None
         if grads_out is not None:
             do, dlse = (split_sequence(t, size, layout, dim)[rank].to(dev)
@@ -312,7 +350,7 @@ def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1,
         # numpy arrays travel by value (a tensor would travel as a handle to this
         # process's shared memory, gone once it exits)
         results.put((rank, dist.get_backend(), o.cpu().numpy(), lse.cpu().numpy(),
-                     seconds, held, grads))
+                     seconds, counted, measured, grads))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -321,7 +359,9 @@ def ring_worker(rank, size, port, q, k, v, causal, layout, results, repeats=1,
 @dataclass
 class RingRun:
     """What run_ring brings back, in sequence order: o, lse, the gradients (dq, dk, dv)
-    when asked for, and per rank (rank, backend, seconds, bytes held)."""
+    when asked for, and per rank a dict: rank, backend, seconds (of each call), bytes
+    counted from the shapes, bytes measured (peak RSS rise of one call; None off
+    Linux and on GPUs)."""
     o: torch.Tensor
     lse: torch.Tensor
     grads: tuple | None
@@ -329,9 +369,11 @@ class RingRun:
 
 
 def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous",
-             timeout: float = 60.0, repeats: int = 1, grads_out=None) -> RingRun:
+             timeout: float = 60.0, repeats: int = 1, grads_out=None,
+             send_first: bool = True) -> RingRun:
     """Spawn `size` processes running ring_worker on the blocks of q, k, v [..., N, d]
-    (and of grads_out = (do [..., N, d], dlse [..., N]) for the backward ring). Raises
+    (and of grads_out = (do [..., N, d], dlse [..., N]) for the backward ring). With
+    send_first=False each block is sent after its compute (no overlap). Raises
     TimeoutError if they do not finish within timeout seconds (and terminates them)."""
     import sys
 
@@ -344,7 +386,8 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
     split_sequence(q, size, layout)  # length check before any process starts
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    args = (size, free_port(), q, k, v, causal, layout, results, repeats, grads_out)
+    args = (size, free_port(), q, k, v, causal, layout, results, repeats, grads_out,
+            send_first)
     # children must not re-run the notebook's __main__
     main = sys.modules.get("__main__")
     hidden = vars(main).pop("__file__", None) if main is not None else None
@@ -375,9 +418,10 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
         return gather_sequence([torch.from_numpy(a) for a in arrays], layout, dim)
 
     grads = None if grads_out is None else tuple(
-        gather([r[6][j] for r in reports]) for j in range(3))
+        gather([r[7][j] for r in reports]) for j in range(3))
+    keys = ("rank", "backend", "seconds", "bytes_counted", "bytes_measured")
     return RingRun(gather([r[2] for r in reports]), gather([r[3] for r in reports], -1),
-                   grads, [(r[0], r[1], r[4], r[5]) for r in reports])
+                   grads, [dict(zip(keys, (*r[:2], *r[4:7]))) for r in reports])
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,7 @@
 
 # RWKV-4: the WKV operator in its recurrent and parallel forms, and a small RWKV model.
 # What later chapters use:
-#   wkv_recurrent(w, u, k, v), wkv_parallel(w, u, k, v)   [B, T, C] -> [B, T, C]
+#   wkv_recurrent(w, u, k, v), wkv_parallel(w, u, k, v)   [B, N, C] -> [B, N, C]
 #   wkv_step(w, u, k, v, state)        one token: (out [B, C], state (a, b, p))
 #   RWKVConfig, RWKV                   forward(ids) -> logits; step(ids, state)
 from dataclasses import dataclass
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 def check_wkv_inputs(w, u, k, v) -> None:
     if k.dim() != 3 or v.shape != k.shape:
-        raise ValueError(f"k and v must be [B, T, C] of the same shape, got k "
+        raise ValueError(f"k and v must be [B, N, C] of the same shape, got k "
                          f"{list(k.shape)}, v {list(v.shape)}")
     if w.shape != k.shape[-1:] or u.shape != k.shape[-1:]:
         raise ValueError(f"w and u must be [C] = [{k.shape[-1]}], got w "
@@ -22,7 +22,7 @@ def check_wkv_inputs(w, u, k, v) -> None:
 
 
 def wkv_exponents(w, u, k) -> torch.Tensor:
-    """[B, T, T + 1, C]: the exponent of the weight of v_i (i < T) and of v_t (last) in
+    """[B, N, N + 1, C]: the exponent of the weight of v_i (i < N) and of v_t (last) in
     wkv_t; -inf where i >= t."""
     t = k.shape[1]
     i = torch.arange(t, device=k.device)
@@ -35,52 +35,45 @@ def wkv_exponents(w, u, k) -> torch.Tensor:
 def wkv_naive(w, u, k, v) -> torch.Tensor:
     """WKV straight from its formula: correct while every e^exponent fits the dtype."""
     check_wkv_inputs(w, u, k, v)
-    weights = wkv_exponents(w, u, k).exp()                  # [B, T, T + 1, C]
+    weights = wkv_exponents(w, u, k).exp()                  # [B, N, N + 1, C]
     values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]],
                        dim=2)
     return (weights * values).sum(2) / weights.sum(2)
 
 
-def wkv_recurrent(w, u, k, v) -> torch.Tensor:
-    """RWKV-4's WKV token by token, stabilized with the running maximum p of the
-    exponents. w >= 0 (decay e^-w per step), u (bonus of the current token) [C];
-    k, v [B, T, C] -> [B, T, C]."""
-    check_wkv_inputs(w, u, k, v)
-    n, t, c = k.shape
-    a, b = k.new_zeros(n, c), k.new_zeros(n, c)
-    p = k.new_full((n, c), float("-inf"))        # the past's largest exponent
-    out = []
-    for s in range(t):
-        kt, vt = k[:, s], v[:, s]
-        q = torch.maximum(p, u + kt)                            # output: past + bonus
-        e1, e2 = torch.exp(p - q), torch.exp(u + kt - q)
-        out.append((e1 * a + e2 * vt) / (e1 * b + e2))
-        q = torch.maximum(p - w, kt)                            # update: decay, add k_t
-        e1, e2 = torch.exp(p - w - q), torch.exp(kt - q)
-        a, b, p = e1 * a + e2 * vt, e1 * b + e2, q
-    return torch.stack(out, dim=1)
-
-
 def wkv_step(w, u, k, v, state=None):
-    """One token of wkv_recurrent: k, v [B, C], state (a, b, p) [B, C] each or None
-    -> (wkv [B, C], new state)."""
+    """One token of RWKV-4's WKV, stabilized with the running maximum p of the
+    exponents: w >= 0 (decay e^-w per step), u (bonus of the current token) [C]; k, v
+    [B, C] of token t; state (a, b, p) [B, C] each, None at the start -> (wkv_t [B, C],
+    the state after token t)."""
     if state is None:
         state = (torch.zeros_like(k), torch.zeros_like(k),
                  torch.full_like(k, float("-inf")))
     a, b, p = state
-    q = torch.maximum(p, u + k)
+    q = torch.maximum(p, u + k)                                 # output: past + bonus
     e1, e2 = torch.exp(p - q), torch.exp(u + k - q)
     out = (e1 * a + e2 * v) / (e1 * b + e2)
-    q = torch.maximum(p - w, k)
+    q = torch.maximum(p - w, k)                                 # update: decay, add k_t
     e1, e2 = torch.exp(p - w - q), torch.exp(k - q)
     return out, (e1 * a + e2 * v, e1 * b + e2, q)
 
 
-def wkv_parallel(w, u, k, v) -> torch.Tensor:
-    """RWKV-4's WKV from the [T, T + 1] matrix of exponents per channel, stabilized by
-    each row's maximum. w >= 0, u [C]; k, v [B, T, C] -> [B, T, C]."""
+def wkv_recurrent(w, u, k, v) -> torch.Tensor:
+    """RWKV-4's WKV token by token, wkv_step with the state carried: w, u [C]; k, v
+    [B, N, C] -> [B, N, C]."""
     check_wkv_inputs(w, u, k, v)
-    e = wkv_exponents(w, u, k)                               # [B, T, T + 1, C]
+    state, out = None, []
+    for t in range(k.shape[1]):
+        o, state = wkv_step(w, u, k[:, t], v[:, t], state)
+        out.append(o)
+    return torch.stack(out, dim=1)
+
+
+def wkv_parallel(w, u, k, v) -> torch.Tensor:
+    """RWKV-4's WKV from the [N, N + 1] matrix of exponents per channel, stabilized by
+    each row's maximum. w >= 0, u [C]; k, v [B, N, C] -> [B, N, C]."""
+    check_wkv_inputs(w, u, k, v)
+    e = wkv_exponents(w, u, k)                               # [B, N, N + 1, C]
     e = (e - e.amax(dim=2, keepdim=True)).exp()              # <= 1, the largest is 1
     values = torch.cat([v[:, None].expand(-1, k.shape[1], -1, -1), v[:, :, None]],
                        dim=2)
@@ -88,7 +81,7 @@ def wkv_parallel(w, u, k, v) -> torch.Tensor:
 
 
 def token_shift(x, last=None):
-    """x [B, T, C] -> the previous token's x at each position; last [B, C] is the input
+    """x [B, N, C] -> the previous token's x at each position; last [B, C] is the input
     before x (zeros at the start of a text)."""
     first = torch.zeros_like(x[:, :1]) if last is None else last[:, None]
     return torch.cat([first, x[:, :-1]], dim=1)
@@ -133,7 +126,7 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(d, d, bias=False)
 
     def forward(self, x, prev=None):
-        """x [B, T, C] (prev None) or one token x [B, C] with the previous one, prev."""
+        """x [B, N, C] (prev None) or one token x [B, C] with the previous one, prev."""
         prev = token_shift(x) if prev is None else prev
         mk, mr = self.mix
         k = torch.relu(self.key(x * mk + prev * (1 - mk))) ** 2
@@ -178,7 +171,7 @@ class RWKV(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def forward(self, ids):
-        """ids [B, T] -> logits [B, T, |V|], all positions in parallel."""
+        """ids [B, N] -> logits [B, N, |V|], all positions in parallel."""
         x = self.ln0(self.emb(ids))
         for block in self.blocks:
             x = block(x)

@@ -32,7 +32,8 @@ def _recurrent(bug):
             q = torch.maximum(p - sign * w, bonus_past + kt)
             e1, e2 = torch.exp(p - sign * w - q), torch.exp(bonus_past + kt - q)
             a, b = e1 * a + e2 * vt, e1 * b + e2
-            p = kt if bug == "max_not_carried" else q
+            p = {"max_not_carried": kt,
+                 "max_largest_key": torch.maximum(p, kt)}.get(bug, q)  # "largest key seen"
         return torch.stack(out, dim=1)
 
     return wkv_recurrent
@@ -81,8 +82,9 @@ EXERCISES = {
             (_recurrent("decay_current"), "current token decayed too"),
             (_recurrent("decay_sign"), "decay's sign flipped"),
             (_recurrent("max_not_carried"), "running maximum p is reset"),
+            (_recurrent("max_largest_key"), "p becomes the largest key seen so far"),
             (_recurrent("no_norm"), "numerator alone"),
-            (recurrent_flat, "expected [2, 7, 5] = [B, T, C]"),
+            (recurrent_flat, "expected [2, 7, 5] = [B, N, C]"),
         ],
     ),
     "wkv_parallel": Exercise(

@@ -48,7 +48,8 @@ def _ring(bug):
         lse = torch.full(q.shape[:-1], -INF, dtype=q.dtype)
         kv = torch.stack([k, v])
         for step in range(size):
-            pending = ring.ring_shift(kv, group) if step < size - 1 else None
+            last = step == size - 1 and bug != "extra_shift"  # extra: shift every step
+            pending = None if last else ring.ring_shift(kv, group)
             src = (rank + step) % size if bug == "reversed" else (rank - step) % size
             if bug == "off_by_one":
                 src = (rank - step - 1) % size
@@ -58,7 +59,8 @@ def _ring(bug):
             else:
                 skip = causal and not bool((k_pos.min() <= q_pos).any())
             if not skip:
-                o_b, lse_b = ring.block_attention(q, kv[0], kv[1], q_pos, k_pos, causal)
+                keys_at = q_pos if bug == "q_pos_for_keys" else k_pos
+                o_b, lse_b = ring.block_attention(q, kv[0], kv[1], q_pos, keys_at, causal)
                 if bug == "no_rescale":  # new block weighted, the running o not rescaled
                     new = torch.logaddexp(lse, lse_b)
                     safe = new.masked_fill(new == -INF, 0.0)
@@ -97,6 +99,8 @@ EXERCISES = {
             (_ring("off_by_one"), "off by one in the rotation"),
             (_ring("no_rescale"), "missing rescale"),
             (ring_ignores_causal, "ignores the causal mask"),
+            (_ring("extra_shift"), "not at the last step"),
+            (_ring("q_pos_for_keys"), "the queries' positions q_pos for the keys"),
         ],
     ),
 }

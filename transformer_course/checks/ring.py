@@ -14,6 +14,9 @@ import torch
 from . import beside, call, expect_tensor, fail, name_of, passed, seeded
 from .flash import _close, _make, _partial, _where, check_merge
 
+__all__ = ["check_merge_partial_attention", "check_ring_attention",
+           "check_ring_attention_rope"]
+
 
 # --- merge_partial_attention ---------------------------------------------------------------------
 
@@ -68,7 +71,8 @@ def _ring_cases(seed: int):
 
 def _pairs_reference(q, k, v, P, layout, pairs):
     """Attention of each rank's queries where at step t it attends to the data block
-    pairs(r, t)[0] under the causal mask of block pairs(r, t)[1]'s positions."""
+    pairs(r, t)[0] under the causal mask of block pairs(r, t)[1]'s positions (label "q":
+    the queries' own positions, where the block has a key they see)."""
     from ..ring import block_positions, split_sequence
 
     qs, ks, vs = (split_sequence(t, P, layout) for t in (q, k, v))
@@ -79,8 +83,14 @@ def _pairs_reference(q, k, v, P, layout, pairs):
         kk, vv, mm = [], [], []
         for t in range(P):
             data, label = pairs(r, t)
+            if label == "q":  # the learner's skip was right: blocks nobody sees are left out
+                if not (block_positions(data % P, P, n, layout).min() <= q_pos).any():
+                    continue
+                k_pos = q_pos
+            else:
+                k_pos = block_positions(label % P, P, n, layout)
             kk.append(ks[data % P]), vv.append(vs[data % P])
-            mm.append(block_positions(label % P, P, n, layout)[None, :] <= q_pos[:, None])
+            mm.append(k_pos[None, :] <= q_pos[:, None])
         o, l = _partial(qs[r], torch.cat(kk, -2), torch.cat(vv, -2), torch.cat(mm, 1))
         os_.append(o), ls.append(l)
     from ..ring import gather_sequence
@@ -92,7 +102,8 @@ def check_ring_attention(fn, seed: int = 0) -> None:
     whole sequence in one process, in output and lse."""
     from ..ring import simulate_ring
 
-    run_on_ranks = beside(simulate_ring, fn, timeout=10.0)  # (q, k, v, P, causal, layout)
+    # (q, k, v, P, causal, layout) -> (o, lse, messages each rank sent)
+    run_on_ranks = beside(simulate_ring, fn, timeout=10.0, count=True)
     cases = _ring_cases(seed)
     for n_case, (P, layout, causal, batch, n, d, what) in enumerate(cases):
         N = P * n
@@ -104,8 +115,7 @@ def check_ring_attention(fn, seed: int = 0) -> None:
         head = (f"{name_of(fn)} on {P} simulated rank(s), whole q, k, v "
                 f"{list(batch) + [N, d]} split into blocks of {n}, causal={causal}, "
                 f"layout={layout!r} [{what}]")
-        out = call(run_on_ranks, q, k, v, P, causal, layout)
-        o, lse = out
+        o, lse, sent = call(run_on_ranks, q, k, v, P, causal, layout)
         expect_tensor(o, f"{head}: o")
         expect_tensor(lse, f"{head}: lse")
         if tuple(o.shape) != tuple(q.shape) or tuple(lse.shape) != tuple(q.shape[:-1]):
@@ -114,6 +124,16 @@ def check_ring_attention(fn, seed: int = 0) -> None:
                  f"rank returns (o [..., {n}, {d}], lse [..., {n}])")
         atol = 2e-5
         if _close(o, want_o, atol) and _close(lse, want_lse, atol):
+            wrong = [r for r in range(P) if sent[r] != P - 1]
+            if wrong:
+                r = wrong[0]
+                fail(f"{head}: o and lse are right, but rank {r} sent {sent[r]} "
+                     f"message(s) with ring_shift; a ring of {P} rank(s) needs {P - 1}: "
+                     "shift at steps 0 .. P - 2, not at the last step, "
+                     + ("where the block would travel once more to a rank that has "
+                        "already seen it (on a real ring, a whole K/V block's transfer "
+                        "for nothing)" if sent[r] > P - 1 else
+                        "or some blocks never reach this rank"))
             continue
         g, gl = o.detach().double(), lse.detach().double()
         if torch.isnan(g).any() or torch.isnan(gl).any():
@@ -137,7 +157,12 @@ def check_ring_attention(fn, seed: int = 0) -> None:
                      "rank (r - t) mod P's block"),
                     (lambda r, t: (r - t, r - t - 1), "off by one in the rotation: after "
                      "t hops rank r holds rank (r - t) mod P's block; (r - t - 1) mod P's is "
-                     "the one arriving")):
+                     "the one arriving"),
+                    (lambda r, t: (r - t, "q"), "you gave block_attention the queries' "
+                     "positions q_pos for the keys too, so every block got the diagonal "
+                     "block's mask (your causal skip is right). The keys' positions are "
+                     "those of the rank the block came from: block_positions((r - t) % P, "
+                     "P, n, layout)")):
                 if _close(g, _pairs_reference(qd, kd, vd, P, layout, pairs)[0], atol):
                     fail(f"{head}: the key positions of your blocks are wrong: {why}")
             own = torch.cat([torch.full((n,), r) for r in range(P)])

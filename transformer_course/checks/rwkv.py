@@ -5,15 +5,15 @@ wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t)
       / (sum_{i<t} e^{-(t-1-i) w + k_i}     + e^{u + k_t})
 
 per channel, with w >= 0 (a decay of e^{-w} per step) and a bonus u for the current token.
-The oracle writes the exponents out as a [T, T + 1] matrix per channel, in float64, and
+The oracle writes the exponents out as a [N, N + 1] matrix per channel, in float64, and
 lets torch.softmax normalize them (masked entries -inf), so it shares no code with a
 learner's running maximum. When an output is wrong, the check recomputes what each known
 mistake gives (no bonus, or a bonus on every token, which is the same; decay on the
 current token; decay sign flipped; current token counted in the decayed sum too;
-normalizer missing; running maximum not carried) and names the one that matches. Decays,
-bonuses and keys are drawn so that no two mistakes give the same numbers; the last cases
-put the keys near +100 and -110 in float32, where exp overflows (e^89 > 3.4e38) or
-underflows to 0.
+normalizer missing; running maximum not carried, or kept as the largest key seen) and
+names the one that matches. Decays, bonuses and keys are drawn so that no two mistakes give
+the same numbers; the last cases put the keys near +100 and -110 in float32, where exp
+overflows (e^89 > 3.4e38) or underflows to 0.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ __all__ = ["check_wkv_recurrent", "check_wkv_parallel", "reference"]
 
 
 def exponents(w, u, k, bug=None):
-    """[B, T(t), T(i), C] exponents of e^{...} v_i in wkv_t; -inf where i is not summed."""
+    """[B, N(t), N(i), C] exponents of e^{...} v_i in wkv_t; -inf where i is not summed."""
     t = k.shape[1]
     ti = torch.arange(t)
     lag = (ti[:, None] - 1 - ti[None, :]).to(k.dtype)[None, :, :, None]   # t - 1 - i
     sign = -1.0 if bug == "decay_sign" else 1.0
-    past = -sign * lag * w + k[:, None, :, :]                      # [B, T, T, C]
+    past = -sign * lag * w + k[:, None, :, :]                      # [B, N, N, C]
     if bug == "bonus_past":
         past = past + u
-    now = (u + k)[:, :, None, :]                                   # [B, T, 1, C]
+    now = (u + k)[:, :, None, :]                                   # [B, N, 1, C]
     if bug == "no_bonus":
         now = k[:, :, None, :]
     if bug == "decay_current":
@@ -43,12 +43,12 @@ def exponents(w, u, k, bug=None):
     if bug == "current_in_decayed":
         keep_past = (ti[None, :] <= ti[:, None])[None, :, :, None]
     e = torch.where(keep_past, past, torch.tensor(float("-inf"), dtype=k.dtype))
-    return torch.cat([e, now], dim=2)                              # [B, T, T + 1, C]
+    return torch.cat([e, now], dim=2)                              # [B, N, N + 1, C]
 
 
-def _recurrent_max_not_carried(w, u, k, v):
-    """The running maximum p reset to the current key after each step (a, b were scaled
-    by max(p - w, k_t))."""
+def _recurrent_wrong_max(w, u, k, v, bug):
+    """a, b scaled by max(p - w, k_t) at each step, but p then set to the current key
+    (max_not_carried) or to the largest key seen so far (max_largest_key)."""
     a = torch.zeros_like(k[:, 0])
     b = torch.zeros_like(k[:, 0])
     p = torch.full_like(k[:, 0], float("-inf"))
@@ -60,15 +60,16 @@ def _recurrent_max_not_carried(w, u, k, v):
         out.append((e1 * a + e2 * vt) / (e1 * b + e2))
         q = torch.maximum(p - w, kt)
         e1, e2 = torch.exp(p - w - q), torch.exp(kt - q)
-        a, b, p = e1 * a + e2 * vt, e1 * b + e2, kt
+        a, b = e1 * a + e2 * vt, e1 * b + e2
+        p = kt if bug == "max_not_carried" else torch.maximum(p, kt)
     return torch.stack(out, dim=1)
 
 
 def reference(w, u, k, v, bug=None):
     """WKV in float64 from its definition; `bug` gives a known wrong variant."""
     w, u, k, v = (x.detach().double().cpu() for x in (w, u, k, v))
-    if bug == "max_not_carried":
-        return _recurrent_max_not_carried(w, u, k, v)
+    if bug in ("max_not_carried", "max_largest_key"):
+        return _recurrent_wrong_max(w, u, k, v, bug)
     e = exponents(w, u, k, bug)
     vv = torch.cat([v[:, None, :, :].expand(-1, k.shape[1], -1, -1), v[:, :, None, :]],
                    dim=2)                                           # v_i, then v_t
@@ -99,6 +100,10 @@ BUGS = {
     "max_not_carried": "your output is what you get when the running maximum p is reset "
                        "to the current key k_t after each step: a and b were scaled by "
                        "e^{-max(p - w, k_t)}, so p must become that maximum",
+    "max_largest_key": "your output is what you get when p becomes the largest key seen "
+                       "so far, max(p, k_t): a and b were scaled by e^{-max(p - w, k_t)} "
+                       "(the past's exponents drop by w each step), so p must become "
+                       "that maximum, the exponent they are stored relative to",
 }
 
 
@@ -127,7 +132,7 @@ def _close(got, want, tol) -> bool:
 def _expect_output(out, k, head):
     expect_tensor(out, head)
     if list(out.shape) != list(k.shape):
-        fail(f"{head} has shape {list(out.shape)}, expected {list(k.shape)} = [B, T, C]: "
+        fail(f"{head} has shape {list(out.shape)}, expected {list(k.shape)} = [B, N, C]: "
              "one output per token and channel")
     if out.dtype != k.dtype:
         fail(f"{head} has dtype {out.dtype}, expected the inputs' dtype {k.dtype}")
@@ -182,10 +187,10 @@ def _check(fn, seed):
 
 
 def check_wkv_recurrent(fn, seed: int = 0) -> None:
-    """fn(w, u, k, v) -> [B, T, C]: WKV token by token, stabilized with a running max."""
+    """fn(w, u, k, v) -> [B, N, C]: WKV token by token, stabilized with a running max."""
     _check(fn, seed)
 
 
 def check_wkv_parallel(fn, seed: int = 0) -> None:
-    """fn(w, u, k, v) -> [B, T, C]: WKV from the [T, T] matrix of exponents, stabilized."""
+    """fn(w, u, k, v) -> [B, N, C]: WKV from the [N, N + 1] matrix of exponents, stabilized."""
     _check(fn, seed)
