@@ -320,6 +320,17 @@ def _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **kw) -> l
     return got[0, prompt.shape[1]:].cpu().tolist()
 
 
+def _plain(stats: dict) -> dict:
+    """The dict's numbers as plain numbers (a one-element tensor counts as its value)."""
+    out = {}
+    for key, v in stats.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)):
+            out[key] = v
+    return out
+
+
 @_one_thread
 def _generate_all(fn, jobs: list) -> tuple[list, tuple[str, bool] | None]:
     """Run beside fn: for each job (p_chain, q_chain, prompt, m, gamma, temperature, kw, seeds,
@@ -334,8 +345,7 @@ def _generate_all(fn, jobs: list) -> tuple[list, tuple[str, bool] | None]:
                 target, draft = _Bigram(p_chain), _Bigram(q_chain)
                 extra = dict(kw) if stats is None else dict(kw, stats=dict(stats))
                 tokens = _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **extra)
-                got_stats = None if stats is None else {k: v for k, v in extra["stats"].items()
-                                                        if isinstance(v, int)}
+                got_stats = None if stats is None else _plain(extra["stats"])
                 runs.append((tokens, target.calls, draft.calls, got_stats))
             out.append(runs)
     except CheckFailed as e:
