@@ -3,6 +3,9 @@
 # Speculative sampling: a small draft model proposes, the target verifies, and what
 # comes out follows the target's distribution exactly.
 import dataclasses
+import hashlib
+import json
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +13,8 @@ import torch.nn.functional as F
 from transformer_course.decoding import LanguageModel, validate_prompt, warp_logits
 from transformer_course.kv_cache import KVCache, forward_cached
 from transformer_course.training import (char_corpus, char_windows, chars_loss,
-                                         chars_recipe, train)
+                                         chars_recipe, checkpoint_lock, checkpoint_path,
+                                         load_checkpoint, save_checkpoint, train)
 from transformer_course.transformer import DecoderOnly
 
 
@@ -21,12 +25,19 @@ def windowed(model: DecoderOnly) -> LanguageModel:
     return lambda ids: model(ids[:, -model.cfg.max_len:])
 
 
-def train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
-    """A small character model (1 layer, d_model 32) trained as chapter 08 trains its
-    target, on the same text and tokenizer; returned in eval mode."""
+def draft_recipe(steps: int = 300):
+    """(config, settings) of the draft: chapter 08's recipe, smaller (1 layer,
+    d_model 32) and trained for fewer steps."""
     _, cfg, settings = chars_recipe()
     cfg = dataclasses.replace(cfg, d_model=32, n_heads=2, d_ff=128, n_layers=1)
     settings = dataclasses.replace(settings, steps=steps, warmup_steps=steps // 10)
+    return cfg, settings
+
+
+def train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
+    """A small character model (1 layer, d_model 32) trained as chapter 08 trains its
+    target, on the same text and tokenizer; returned in eval mode."""
+    cfg, settings = draft_recipe(steps)
     _, train_ids, _ = char_corpus()
     torch.manual_seed(settings.seed)
     model = DecoderOnly(cfg)
@@ -39,6 +50,27 @@ def train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
 
     train(model, get_batch, chars_loss, settings, device, progress=progress)
     return model.eval()
+
+
+def load_or_train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
+    """The draft from the course's cache (`load_or_train`'s folder), or trained and
+    saved there. Its file name hashes the draft's recipe and the name of the target's
+    checkpoint, which hashes the text, the tokenizer, the device and the arithmetic."""
+    cfg, settings = draft_recipe(steps)
+    target = checkpoint_path("chars", device)
+    spec = json.dumps({"config": asdict(cfg), "settings": asdict(settings),
+                       "target": target.name}, sort_keys=True)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    path = target.with_name(f"draft-{digest}.pt")
+    loaded = load_checkpoint(path, device)
+    if loaded is None:
+        with checkpoint_lock(path):             # one process trains, the others load
+            loaded = load_checkpoint(path, device)
+            if loaded is None:
+                model = train_draft(device, steps, progress)
+                save_checkpoint(path, model, chars_recipe()[0])
+                return model
+    return loaded[0]
 
 
 def _shape(x) -> str:
@@ -106,18 +138,25 @@ def speculative_generate(target: LanguageModel, draft: LanguageModel,
                          top_k: int | None = None, top_p: float | None = None,
                          stats: dict | None = None) -> torch.Tensor:
     """Decode max_new_tokens tokens, the draft proposing up to gamma per target call:
-    [1, N] -> [1, N + max_new_tokens] (int64). The tokens follow the target's
-    distribution softmax(warp_logits(..., temperature, top_k, top_p)) exactly;
-    temperature 0 gives the target's greedy decoding. generator: a CPU generator
-    (sampling happens on the CPU). stats, if given, is updated with counts:
-    target_calls, draft_calls, drafted, accepted, rejected (rounds that ended in a
-    rejection)."""
+    [1, N] -> [1, N + max_new_tokens] (int64).
+
+    A round drafts k = min(gamma, tokens still missing - 1) tokens one by one, each
+    drawn from sampling_probs of the draft's logits (its q), calls the target once on
+    the sequence and the drafts, and appends what verify_draft returns (at most k + 1
+    tokens). The tokens follow the target's distribution softmax(warp_logits(...,
+    temperature, top_k, top_p)) exactly; temperature 0 gives the target's greedy
+    decoding. generator: a CPU generator (sampling happens on the CPU).
+    stats: a dict or None. If given, the call adds its counts to it (a missing key
+    counts from 0): "target_calls" (calls of the target), "drafted" (draft tokens
+    proposed), "accepted" (drafts kept) and "rejected" (rounds that ended in a
+    rejection).
+    """
     validate_prompt(prompt_ids, max_new_tokens, one_prompt=True)
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be an int >= 1, got {gamma!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    counts = dict(target_calls=0, draft_calls=0, drafted=0, accepted=0, rejected=0)
+    counts = dict(target_calls=0, drafted=0, accepted=0, rejected=0)
     ids, goal = prompt_ids, prompt_ids.shape[1] + max_new_tokens
     while ids.shape[1] < goal:
         k = min(gamma, goal - ids.shape[1] - 1)     # a call yields up to k + 1 tokens
@@ -131,14 +170,13 @@ def speculative_generate(target: LanguageModel, draft: LanguageModel,
         new = verify_draft(seq[0, ids.shape[1]:].cpu(), q, p, generator)
         ids = torch.cat([ids, new.to(ids.device)[None]], dim=1)
         counts["target_calls"] += 1
-        counts["draft_calls"] += k
         counts["drafted"] += k
         counts["accepted"] += len(new) - 1
         counts["rejected"] += int(len(new) <= k)       # the last token replaced a draft
     if stats is not None:
         for key, n in counts.items():
             stats[key] = stats.get(key, 0) + n
-    return ids[:, :goal]
+    return ids                                   # k <= missing - 1: never past goal
 
 
 def toy_pair(vocab_size: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,14 +10,15 @@ from transformer_course.checks import speculative as checks
 # --- verify_draft -----------------------------------------------------------------------------------
 
 def _verify(ratio="p/q", residual="max(0,p-q)", bonus="p[gamma]", rng="generator"):
-    """A verification step with one mistake."""
+    """A verification step with one mistake (rng="one uniform": one r for every draft)."""
 
     def verify_draft(draft_tokens, q_probs, p_probs, generator=None):
-        gen = generator if rng == "generator" else None
+        gen = None if rng == "global" else generator
         gamma = len(draft_tokens)
+        shared = torch.rand((), generator=gen)
         for i in range(gamma):
             x = draft_tokens[i]
-            r = torch.rand((), generator=gen)
+            r = shared if rng == "one uniform" else torch.rand((), generator=gen)
             p, q = p_probs[i, x], q_probs[i, x]
             keep = r * q < p if ratio == "p/q" else r * p < q
             if keep:
@@ -46,9 +47,12 @@ def _verify_always_accept(draft_tokens, q_probs, p_probs, generator=None):
 
 # --- speculative_generate ---------------------------------------------------------------------------
 
-def _generate(q_warp="same", target_warp=True, bonus=True, final="trim", pick="target"):
+def _generate(q_warp="same", target_warp=True, bonus=True, final="trim", pick="target",
+              drafts="needed", stats_kind="right"):
     """A speculative decoder with one mistake (final="keep": drafts gamma tokens every round and
-    returns the excess of the last one)."""
+    returns the excess of the last one; drafts="missing": drafts min(gamma, missing), one more than needed in the last round;
+    stats_kind="none" | "bonus" | "replace": never updates stats, counts the bonus or replacement
+    token as accepted, sets stats instead of adding to it)."""
 
     def speculative_generate(target, draft, prompt_ids, max_new_tokens, gamma=4, temperature=1.0,
                              generator=None, top_k=None, top_p=None, stats=None):
@@ -60,8 +64,11 @@ def _generate(q_warp="same", target_warp=True, bonus=True, final="trim", pick="t
             return speculative.sampling_probs(logits, temperature, top_k, top_p)
 
         ids, goal = prompt_ids, prompt_ids.shape[1] + max_new_tokens
+        counts = dict(target_calls=0, drafted=0, accepted=0, rejected=0)
         while ids.shape[1] < goal:
-            k = gamma if final == "keep" else min(gamma, goal - ids.shape[1] - 1)
+            k = min(gamma, goal - ids.shape[1] - (drafts == "needed"))
+            if final == "keep":
+                k = gamma
             seq, q = ids, []
             for _ in range(k):
                 logits = draft(seq)[0, -1]
@@ -79,6 +86,13 @@ def _generate(q_warp="same", target_warp=True, bonus=True, final="trim", pick="t
             if not bonus and len(new) == k + 1:
                 new = new[:-1]
             ids = torch.cat([ids, new[None]], dim=1)
+            counts["target_calls"] += 1
+            counts["drafted"] += k
+            counts["accepted"] += len(new) - (stats_kind != "bonus")
+            counts["rejected"] += int(len(new) <= k)
+        if stats is not None and stats_kind != "none":
+            for key, n in counts.items():
+                stats[key] = n if stats_kind == "replace" else stats.get(key, 0) + n
         return ids if final == "keep" else ids[:, :goal]
 
     return speculative_generate
@@ -106,14 +120,19 @@ EXERCISES = {
         (_verify(residual="p[i+1]"), "the replacement must be drawn from max(0, p_"),
         (_verify(rng="global"), "draw every random number from `generator`"),
         (_verify_always_accept, "so it can never be accepted"),
+        (_verify(rng="one uniform"), "Draw a new uniform r for each draft"),
     ]),
     "speculative_generate": Exercise(checks.check_speculative_generate,
                                      speculative.speculative_generate, [
         (_generate(q_warp="unwarped"), "put into the ratio exactly the q each draft token was drawn from"),
         (_generate(target_warp=False), "They follow the target at temperature 1 with no top-k/top-p"),
         (_generate(bonus=False), "does every round of your loop add at least one token"),
-        (_generate(final="keep"), "has shape"),
+        (_generate(final="keep"), "Never draft more tokens than are still needed"),
         (_generate(pick="draft"), "That is the draft's greedy choice"),
+        (_generate(drafts="missing"), "Never draft more tokens than are still needed"),
+        (_generate(stats_kind="none"), "did not update `stats`"),
+        (_generate(stats_kind="bonus"), "stats['accepted'] grew by"),
+        (_generate(stats_kind="replace"), "add to it"),
     ]),
     "acceptance_rate": Exercise(checks.check_acceptance_rate, speculative.acceptance_rate, [
         (lambda p, q: (p * q).sum(-1), "min(p(x), q(x))"),

@@ -3,23 +3,30 @@ exercises' acceptance rate and expected tokens per target call.
 
 The oracles are independent of the chapter's code: for the verification step, cases whose right
 answer is forced (a draft the target agrees with, a draft token the target never emits, a residual
-with one possible token) and a chi-square test of the emitted tokens against the target's
-distribution; for the decoding loop, toy bigram models with known probabilities, the target's
-greedy decoding written as an argmax loop, exact marginals of the target's chain, and a counter of
-target calls.
+with one possible token), acceptance frequencies, and a chi-square test of the emitted tokens
+against the target's distribution; for the decoding loop, toy bigram models with known
+probabilities, the target's greedy decoding and its counts written as an argmax loop, exact
+marginals and the joint of two positions of the target's chain, and counters of model calls.
+
+While grading, the learner's function runs in a sandbox and each call from a check is a round
+trip; the thousands of calls these checks make run beside the function instead (`beside`), in
+`_emit_all` and `_generate_all`, which return plain data (tokens, counts) for the checks to judge.
+The chapter's negative controls (`wrong_decoders`) live here too, so that the notebook does not
+show the exercise's answer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from . import (CheckFailed, NotImplementedYet, approx, call, describe, expect_close, expect_shape,
-               fail, name_of, passed)
+from . import (CheckFailed, NotImplementedYet, approx, beside, call, describe, expect_close,
+               expect_shape, fail, name_of, passed)
 
 __all__ = ["chi_square", "check_verify_draft", "check_speculative_generate",
-           "check_acceptance_rate", "check_expected_tokens"]
+           "check_acceptance_rate", "check_expected_tokens", "wrong_decoders"]
 
 ALPHA = 1e-4   # significance of the statistical tests: a right answer fails 1 time in 10,000
 
@@ -45,6 +52,34 @@ def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, float]
     return stat.item(), p_value.item()
 
 
+def _one_thread(helper):
+    """helper run on one thread: the toy models' tensors are tiny, and a second thread only costs
+    (ten times the time, on a loaded machine)."""
+    @functools.wraps(helper)
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return helper(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def _problem(e: CheckFailed) -> tuple[str, bool]:
+    return str(e), isinstance(e, NotImplementedYet)
+
+
+def _results(outputs: list, problem, i: int):
+    """The i-th job's results from a helper run beside the learner's function; the problem that
+    stopped the helper there, raised as the check's own failure."""
+    if i < len(outputs):
+        return outputs[i]
+    message, unimplemented = problem
+    raise (NotImplementedYet if unimplemented else CheckFailed)(message) from None
+
+
 # --- verify_draft --------------------------------------------------------------------------------
 
 def _dist(g: torch.Generator, V: int, zero: list[int] = ()) -> torch.Tensor:
@@ -53,7 +88,7 @@ def _dist(g: torch.Generator, V: int, zero: list[int] = ()) -> torch.Tensor:
     return w / w.sum()
 
 
-def _emit(fn, draft, q, p, seed: int) -> torch.Tensor:
+def _emit(fn, draft, q, p, seed: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
     got = call(fn, draft.clone(), q.clone(), p.clone(), gen)
     if not isinstance(got, torch.Tensor) or got.dim() != 1 or got.is_floating_point():
@@ -65,13 +100,34 @@ def _emit(fn, draft, q, p, seed: int) -> torch.Tensor:
     if not torch.equal(got[:-1].cpu(), draft[:len(got) - 1]):
         fail(f"{name_of(fn)} returned {got.tolist()} for drafts {draft.tolist()}: all tokens but the "
              "last must be the accepted prefix of the drafts, unchanged")
-    return got
+    return got.tolist()
+
+
+@_one_thread
+def _emit_all(fn, jobs: list) -> tuple[list, tuple[str, bool] | None]:
+    """Run beside fn: for each job (draft, q, p, seeds), the tokens fn emits with a generator of
+    each seed (lists of ids). A job whose draft is None draws a new one from q for each seed. Stops
+    at the first problem: (results of the jobs before it, (message, unimplemented) or None)."""
+    out = []
+    try:
+        for draft, q, p, seeds in jobs:
+            tokens = []
+            for seed in seeds:
+                d = draft
+                if d is None:
+                    g = torch.Generator().manual_seed(10**6 + seed)
+                    d = torch.stack([torch.multinomial(row, 1, generator=g)[0] for row in q])
+                tokens.append(_emit(fn, d, q, p, seed))
+            out.append(tokens)
+    except CheckFailed as e:
+        return out, _problem(e)
+    return out, None
 
 
 def check_verify_draft(fn, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(1000 + seed)
     V, gamma = (7, 4) if seed == 0 else (9, 3)
-    n = 0
+    jobs = []
 
     # 1. The target agrees with the draft: every draft is accepted, then the bonus from p[gamma].
     q = torch.stack([_dist(g, V) for _ in range(gamma)])
@@ -80,16 +136,7 @@ def check_verify_draft(fn, seed: int = 0) -> None:
     p[gamma - 1] /= p[gamma - 1].sum()
     q[gamma - 1] = p[gamma - 1]
     draft = torch.stack([torch.multinomial(q[i], 1, generator=g)[0] for i in range(gamma)])
-    for trial in range(5):
-        got = _emit(fn, draft, q, p, seed=trial)
-        if len(got) <= gamma:
-            fail(f"{name_of(fn)}: where p = q every draft must be accepted (min(1, p/q) = 1), and then "
-                 f"one more token, the bonus, is drawn from p_probs[gamma]; you returned {len(got)} "
-                 f"tokens for gamma = {gamma}")
-        if got[-1].item() != 0:
-            fail(f"{name_of(fn)}: after all {gamma} drafts are accepted, the bonus token must be drawn "
-                 f"from p_probs[gamma] (here always token 0); you emitted token {got[-1].item()}")
-        n += 1
+    jobs.append((draft, q, p, list(range(5))))
 
     # 2. p(x)/q(x) = 4: always accepted (the ratio upside down accepts it 1 time in 4).
     i = gamma - 1
@@ -100,12 +147,7 @@ def check_verify_draft(fn, seed: int = 0) -> None:
     p4[i, [2, 4, 6]] = torch.tensor([0.8, 0.1, 0.1], dtype=torch.float64)
     draft4 = torch.stack([torch.multinomial(q4[k], 1, generator=g)[0] for k in range(gamma)])
     draft4[i] = 2
-    kept = sum(len(_emit(fn, draft4, q4, p4, seed=300 + k)) == gamma + 1 for k in range(100))
-    if kept < 100:
-        fail(f"{name_of(fn)}: draft token 2 has p = 0.8 and q = 0.2, so it must always be accepted "
-             f"(min(1, p/q) = 1); you rejected it {100 - kept} times in 100. Is the ratio upside down "
-             "(q/p)?")
-    n += 100
+    jobs.append((draft4, q4, p4, list(range(300, 400))))
 
     # 3. A draft token the target never emits is always rejected; its replacement comes from the
     #    residual max(0, p - q), which here has one possible token.
@@ -121,27 +163,11 @@ def check_verify_draft(fn, seed: int = 0) -> None:
         q2[j + 1] = p2[j + 1]
     draft = torch.stack([torch.multinomial(q2[k], 1, generator=g)[0] for k in range(gamma)])
     draft[j] = x
-    for trial in range(25):
-        got = _emit(fn, draft, q2, p2, seed=100 + trial)
-        if len(got) > j + 1:
-            fail(f"{name_of(fn)}: draft token {x} at position {j} has p = 0 under the target and "
-                 f"q = 0.5, so it can never be accepted (min(1, p/q) = 0); you accepted it. Accept when "
-                 "r < p(x) / q(x), with r uniform in [0, 1)")
-        if len(got) < j + 1:
-            fail(f"{name_of(fn)}: you rejected the draft at position {len(got) - 1}, where p = q "
-                 "(acceptance probability min(1, p/q) = 1)")
-        if got[-1].item() != t:
-            fail(f"{name_of(fn)}: after rejecting draft token {x} at position {j}, you emitted token "
-                 f"{got[-1].item()}, but max(0, p - q) is {approx(0.5)} for token {t} and 0 for every "
-                 f"other: the replacement must be drawn from max(0, p_{j} - q_{j}), normalized. "
-                 "Drawing it from p counts the tokens the draft proposed twice")
-        n += 1
+    jobs.append((draft, q2, p2, list(range(100, 125))))
 
     # 4. p(x)/q(x) = 0.05: accepted about 1 time in 20, not always (the ratio upside down accepts it
     #    every time) and not never.
-    q3 = q.clone()
-    p3 = p.clone()
-    i = gamma - 1
+    q3, p3 = q.clone(), p.clone()
     q3[i] = torch.zeros(V, dtype=torch.float64)
     q3[i, [2, 4]] = torch.tensor([0.8, 0.2], dtype=torch.float64)
     p3[i] = torch.zeros(V, dtype=torch.float64)
@@ -149,21 +175,77 @@ def check_verify_draft(fn, seed: int = 0) -> None:
     draft3 = draft.clone()
     draft3[:i] = torch.stack([torch.multinomial(q3[k], 1, generator=g)[0] for k in range(i)])
     draft3[i] = 2
-    kept = sum(len(_emit(fn, draft3, q3, p3, seed=200 + k)) == gamma + 1 for k in range(200))
+    jobs.append((draft3, q3, p3, list(range(200, 400))))
+
+    # 5. Every draft has p(x)/q(x) = 1/2, decided by its own uniform: all gamma are accepted
+    #    1 time in 2^gamma (one uniform for the whole round accepts all of them 1 time in 2).
+    qh, ph = torch.zeros(gamma, V, dtype=torch.float64), p.clone()
+    qh[:, [1, 3]] = torch.tensor([0.8, 0.2], dtype=torch.float64)
+    ph[:gamma] = 0
+    ph[:gamma, [1, 3, 5]] = torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64)
+    jobs.append((torch.ones(gamma, dtype=torch.long), qh, ph, list(range(400, 600))))
+
+    # 6. The emitted tokens follow p: chi-square over many target calls with a draft that is off.
+    pc, qc = _dist(g, V), _dist(g, V, zero=[0])
+    qs, ps = qc.expand(gamma, V).clone(), pc.expand(gamma + 1, V).clone()
+    jobs.append((None, qs, ps, list(range(1000, 2500))))
+
+    # 7. All randomness from the generator: the same seeds give the same tokens.
+    jobs.append((None, qs, ps, list(range(7, 17)) * 2))
+
+    outputs, problem = beside(_emit_all, fn)(jobs)
+    n = 0
+    for got in _results(outputs, problem, 0):
+        if len(got) <= gamma:
+            fail(f"{name_of(fn)}: where p = q every draft must be accepted (min(1, p/q) = 1), and then "
+                 f"one more token, the bonus, is drawn from p_probs[gamma]; you returned {len(got)} "
+                 f"tokens for gamma = {gamma}")
+        if got[-1] != 0:
+            fail(f"{name_of(fn)}: after all {gamma} drafts are accepted, the bonus token must be drawn "
+                 f"from p_probs[gamma] (here always token 0); you emitted token {got[-1]}")
+        n += 1
+
+    kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 1))
+    if kept < 100:
+        fail(f"{name_of(fn)}: draft token 2 has p = 0.8 and q = 0.2, so it must always be accepted "
+             f"(min(1, p/q) = 1); you rejected it {100 - kept} times in 100. Is the ratio upside down "
+             "(q/p)?")
+    n += 100
+
+    for got in _results(outputs, problem, 2):
+        if len(got) > j + 1:
+            fail(f"{name_of(fn)}: draft token {x} at position {j} has p = 0 under the target and "
+                 f"q = 0.5, so it can never be accepted (min(1, p/q) = 0); you accepted it. Accept when "
+                 "r < p(x) / q(x), with r uniform in [0, 1)")
+        if len(got) < j + 1:
+            fail(f"{name_of(fn)}: you rejected the draft at position {len(got) - 1}, where p = q "
+                 "(acceptance probability min(1, p/q) = 1)")
+        if got[-1] != t:
+            fail(f"{name_of(fn)}: after rejecting draft token {x} at position {j}, you emitted token "
+                 f"{got[-1]}, but max(0, p - q) is {approx(0.5)} for token {t} and 0 for every "
+                 f"other: the replacement must be drawn from max(0, p_{j} - q_{j}), normalized. "
+                 "Drawing it from p counts the tokens the draft proposed twice")
+        n += 1
+
+    kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 3))
     if kept > 40:
         fail(f"{name_of(fn)}: draft token 2 has p = 0.04 and q = 0.8, so it should be accepted with "
              f"probability p/q = 0.05; you accepted it {kept} times in 200. Is the ratio upside down "
              "(q/p)?")
     n += 200
 
-    # 5. The emitted tokens follow p: chi-square over many target calls with a draft that is off.
-    pc, qc = _dist(g, V), _dist(g, V, zero=[0])
-    qs, ps = qc.expand(gamma, V).clone(), pc.expand(gamma + 1, V).clone()
+    kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 4))
+    want = 200 / 2 ** gamma
+    if kept > (want + 100) / 2:
+        fail(f"{name_of(fn)}: each of {gamma} drafts has p/q = 1/2, so all {gamma} are accepted with "
+             f"probability (1/2)^{gamma}, about {approx(want, 3)} times in 200; you accepted all of "
+             f"them {kept} times. Draw a new uniform r for each draft: one r for the whole round "
+             "makes the acceptances of a round depend on each other")
+    n += 200
+
     counts = torch.zeros(V)
-    for trial in range(1500):
-        draft4 = torch.multinomial(qc, gamma, replacement=True, generator=g)
-        got = _emit(fn, draft4, qs, ps, seed=1000 + trial)
-        counts += torch.bincount(got.cpu(), minlength=V)[:V].float()
+    for got in _results(outputs, problem, 5):
+        counts += torch.bincount(torch.tensor(got), minlength=V)[:V].float()
     stat, p_value = chi_square(counts, pc)
     if p_value < ALPHA:
         freq = counts / counts.sum()
@@ -174,15 +256,18 @@ def check_verify_draft(fn, seed: int = 0) -> None:
              f"{int(counts.sum())} tokens)")
     n += 1
 
-    # 6. All randomness from the generator: the same seed gives the same tokens.
-    a, b = (_emit(fn, draft4, qs, ps, seed=7) for _ in range(2))
-    if not torch.equal(a, b):
-        fail(f"{name_of(fn)} gave {a.tolist()} and then {b.tolist()} with generators of the same seed: "
-             "draw every random number from `generator`")
+    runs = _results(outputs, problem, 6)
+    for a, b in zip(runs[:10], runs[10:]):
+        if a != b:
+            fail(f"{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
+                 "draw every random number from `generator`")
     passed(fn, n + 1)
 
 
 # --- speculative_generate -------------------------------------------------------------------------
+
+STATS = ("target_calls", "drafted", "accepted", "rejected")
+
 
 class _Bigram:
     """A toy model with known probabilities p(next | last) = probs[last]; counts its calls and
@@ -224,7 +309,7 @@ def _warp(probs, temperature, top_k=None, top_p=None):
     return logits.softmax(-1)
 
 
-def _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **kw):
+def _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **kw) -> list[int]:
     got = call(fn, target, draft, prompt.clone(), m, gamma=gamma, temperature=temperature,
                generator=torch.Generator().manual_seed(seed), **kw)
     expect_shape(got, (1, prompt.shape[1] + m), f"{name_of(fn)}(prompt [1, {prompt.shape[1]}], "
@@ -232,65 +317,181 @@ def _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **kw):
     if got.is_floating_point() or not torch.equal(got[:, :prompt.shape[1]].cpu(), prompt):
         fail(f"{name_of(fn)} should return integer ids that start with the prompt {prompt.tolist()}, "
              f"got {got[:, :prompt.shape[1]].tolist()} ({got.dtype})")
-    return got[0, prompt.shape[1]:].cpu()
+    return got[0, prompt.shape[1]:].cpu().tolist()
+
+
+def _plain(stats: dict) -> dict:
+    """The dict's numbers as plain numbers (a one-element tensor counts as its value)."""
+    out = {}
+    for key, v in stats.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)):
+            out[key] = v
+    return out
+
+
+@_one_thread
+def _generate_all(fn, jobs: list) -> tuple[list, tuple[str, bool] | None]:
+    """Run beside fn: for each job (p_chain, q_chain, prompt, m, gamma, temperature, kw, seeds,
+    stats), decode with fresh bigram models for each seed: (new tokens, target calls, draft calls,
+    the stats dict after the call, or None when stats was not passed). `stats` is the dict to pass
+    (copied for each seed) or None. Stops at the first problem, as _emit_all does."""
+    out = []
+    try:
+        for p_chain, q_chain, prompt, m, gamma, temperature, kw, seeds, stats in jobs:
+            runs = []
+            for seed in seeds:
+                target, draft = _Bigram(p_chain), _Bigram(q_chain)
+                extra = dict(kw) if stats is None else dict(kw, stats=dict(stats))
+                tokens = _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **extra)
+                got_stats = None if stats is None else _plain(extra["stats"])
+                runs.append((tokens, target.calls, draft.calls, got_stats))
+            out.append(runs)
+    except CheckFailed as e:
+        return out, _problem(e)
+    return out, None
+
+
+def _greedy_rounds(p_chain, q_chain, last: int, m: int, gamma: int) -> tuple[list[int], dict]:
+    """Speculative decoding at temperature 0 written as argmax loops: the new tokens, and the
+    counts of a loop that drafts min(gamma, missing - 1) tokens per target call."""
+    out, counts = [], dict.fromkeys(STATS, 0)
+    while len(out) < m:
+        k = min(gamma, m - len(out) - 1)
+        drafts, prev = [], last
+        for _ in range(k):
+            prev = int(q_chain[prev].argmax())
+            drafts.append(prev)
+        prev, new = last, []
+        for d in drafts:
+            want = int(p_chain[prev].argmax())
+            new.append(want)
+            prev = want
+            if d != want:
+                break
+        else:
+            new.append(int(p_chain[prev].argmax()))
+        counts["target_calls"] += 1
+        counts["drafted"] += k
+        counts["accepted"] += len(new) - 1
+        counts["rejected"] += int(len(new) <= k)
+        out += new
+        last = out[-1]
+    return out, counts
+
+
+def _check_stats(fn, got: dict | None, before: dict, want: dict, target_calls: int,
+                 draft_calls: int, what: str) -> None:
+    """The models' call counters and the stats dict of one run against the counts of the rounds."""
+    if draft_calls > want["drafted"]:
+        fail(f"{name_of(fn)} {what} called the draft {draft_calls} times; drafting "
+             f"k = min(gamma, missing - 1) tokens per round needs {want['drafted']}. Never draft "
+             "more tokens than are still needed: a target call on k drafts yields up to k + 1 tokens")
+    if target_calls != want["target_calls"] or draft_calls != want["drafted"]:
+        fail(f"{name_of(fn)} {what} called the target {target_calls} times and the draft "
+             f"{draft_calls} times; drafting k = min(gamma, missing - 1) tokens per round and "
+             f"calling the target once per round takes {want['target_calls']} and "
+             f"{want['drafted']}")
+    if got is None or got == before:
+        fail(f"{name_of(fn)} {what} did not update `stats`: add this call's counts ("
+             + ", ".join(STATS) + ") to the dict it is given")
+    for key in STATS:
+        if key not in got:
+            fail(f"{name_of(fn)} {what}: stats has no key {key!r} after the call; it should count "
+                 + ", ".join(STATS))
+        have = got[key] - before.get(key, 0)
+        if have != want[key]:
+            meaning = {"target_calls": "target calls",
+                       "drafted": "draft tokens proposed to the target",
+                       "accepted": "drafts accepted (not the replacement or bonus token)",
+                       "rejected": "rounds that ended in a rejection"}[key]
+            extra = (f" (stats held {before[key]} before the call: add to it)"
+                     if before.get(key) and got[key] == want[key] else "")
+            fail(f"{name_of(fn)} {what}: stats[{key!r}] grew by {have}, but there were "
+                 f"{want[key]} {meaning}{extra}")
 
 
 def check_speculative_generate(fn, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(2000 + seed)
     V = 6 if seed == 0 else 7
-    P, Q = _chain(g, V, 3.0), _chain(g, V, 3.0)
+    p_chain, q_chain = _chain(g, V, 3.0), _chain(g, V, 3.0)
     prompt = torch.tensor([[2, 4]]) if seed == 0 else torch.tensor([[5]])
+    last = prompt[0, -1].item()
+    jobs = []
+
+    # 1. Temperature 0 is the target's greedy decoding (an argmax loop), whatever the draft, and
+    #    the calls and stats are the argmax loop's counts. The stats dict starts empty, then holds
+    #    counts of an earlier call.
+    before = [{}, dict.fromkeys(STATS, 50), {}]
+    for gamma, stats in zip((1, 3, 5), before):
+        jobs.append((p_chain, q_chain, prompt, 11, gamma, 0.0, {}, [gamma], stats))
+
+    # 2. A draft identical to the target: every proposal accepted, gamma + 1 tokens per target call.
+    for gamma in (2, 4):
+        jobs.append((p_chain, p_chain, prompt, 3 * (gamma + 1), gamma, 1.0, {}, [gamma], None))
+
+    # 3. At temperature > 0 with top-k and top-p on both models, the tokens follow the target: each
+    #    position's marginal and the joint of the first two (exact, from the target's chain).
+    temperature, top_k, top_p, gamma, m, runs = 0.7, 4, 0.9, 2, 3, 1200
+    warp = dict(top_k=top_k, top_p=top_p)
+    jobs.append((p_chain, q_chain, prompt, m, gamma, temperature, warp,
+                 list(range(10_000, 10_000 + runs)), {}))
+
+    # 4. All randomness from the generator.
+    jobs.append((p_chain, q_chain, prompt, 7, 3, 1.0, {}, [5, 5], None))
+
+    outputs, problem = beside(_generate_all, fn)(jobs)
     n = 0
-
-    # 1. Temperature 0 is the target's greedy decoding (an argmax loop), whatever the draft.
-    def greedy(probs, m):
-        last, out = prompt[0, -1].item(), []
-        for _ in range(m):
-            last = int(probs[last].argmax())
-            out.append(last)
-        return out
-
-    want, draft_greedy = greedy(P, 11), greedy(Q, 11)
-    for gamma in (1, 3, 5):
-        got = _generate(fn, _Bigram(P), _Bigram(Q), prompt, 11, gamma, 0.0, seed=gamma).tolist()
+    draft_greedy, _ = _greedy_rounds(q_chain, q_chain, last, 11, 11)
+    for job, (g_greedy, stats) in enumerate(zip((1, 3, 5), before)):
+        want, counts = _greedy_rounds(p_chain, q_chain, last, 11, g_greedy)
+        [(got, target_calls, draft_calls, got_stats)] = _results(outputs, problem, job)
         if got != want:
             i = next(k for k in range(11) if got[k] != want[k])
             why = (" That is the draft's greedy choice: the draft only proposes, the target decides."
                    if got[:i + 1] == draft_greedy[:i + 1] else "")
-            fail(f"{name_of(fn)} at temperature 0 (gamma = {gamma}) must give the target's greedy "
+            fail(f"{name_of(fn)} at temperature 0 (gamma = {g_greedy}) must give the target's greedy "
                  f"decoding; new token {i} is {got[i]}, the target's argmax is {want[i]}.{why}")
-        n += 1
+        _check_stats(fn, got_stats, stats, counts, target_calls, draft_calls,
+                     f"at temperature 0 (gamma = {g_greedy}, max_new_tokens = 11)")
+        n += 2
 
-    # 2. A draft identical to the target: every proposal accepted, gamma + 1 tokens per target call.
-    for gamma in (2, 4):
-        target = _Bigram(P)
-        m = 3 * (gamma + 1)
-        _generate(fn, target, _Bigram(P), prompt, m, gamma, 1.0, seed=gamma)
-        if target.calls > 3:
+    for job, g_same in enumerate((2, 4), start=3):
+        [(_, target_calls, _, _)] = _results(outputs, problem, job)
+        if target_calls > 3:
             fail(f"{name_of(fn)}: with a draft identical to the target every proposal is accepted, so "
-                 f"each target call yields gamma + 1 = {gamma + 1} tokens (the gamma drafts and the "
-                 f"bonus token); your {m} new tokens took {target.calls} target calls instead of 3")
+                 f"each target call yields gamma + 1 = {g_same + 1} tokens (the gamma drafts and the "
+                 f"bonus token); your {3 * (g_same + 1)} new tokens took {target_calls} target calls "
+                 "instead of 3")
         n += 1
 
-    # 3. At temperature > 0 with top-k and top-p on both models, the tokens follow the target: each
-    #    position's marginal (exact, from the target's chain) against many runs.
-    temperature, top_k, top_p, gamma, m, runs = 0.7, 4, 0.9, 2, 3, 1200
-    Pw = _warp(P, temperature, top_k, top_p)
+    results = _results(outputs, problem, 5)
+    for _, target_calls, _, got_stats in results:
+        if (got_stats is None or got_stats.get("target_calls") != target_calls
+                or got_stats.get("accepted", 0) + target_calls != m):
+            fail(f"{name_of(fn)} at temperature {temperature} (gamma = {gamma}, max_new_tokens = "
+                 f"{m}) called the target {target_calls} times, and stats says {got_stats}: "
+                 f"stats['target_calls'] counts the target calls, and the accepted drafts plus one "
+                 f"token per call make the {m} new tokens")
     counts = torch.zeros(m, V)
-    for r in range(runs):
-        out = _generate(fn, _Bigram(P), _Bigram(Q), prompt, m, gamma, temperature, seed=10_000 + r,
-                        top_k=top_k, top_p=top_p)
-        counts[torch.arange(m), out] += 1
-    marginal = torch.nn.functional.one_hot(prompt[0, -1], V).double()
-    candidates = {"the target at temperature 1 with no top-k/top-p": P,
-                  "the draft's distribution": _warp(Q, temperature, top_k, top_p)}
+    pairs = torch.zeros(V, V)
+    for out, _, _, _ in results:
+        counts[torch.arange(m), torch.tensor(out)] += 1
+        pairs[out[0], out[1]] += 1
+    Pw = _warp(p_chain, temperature, top_k, top_p)
+    start = torch.nn.functional.one_hot(prompt[0, -1], V).double()
+    marginals = [start @ Pw]
+    for t in range(1, m):
+        marginals.append(marginals[-1] @ Pw)
+    candidates = {"the target at temperature 1 with no top-k/top-p": p_chain,
+                  "the draft's distribution": _warp(q_chain, temperature, top_k, top_p)}
     for t in range(m):
-        marginal = marginal @ Pw
-        _, p_value = chi_square(counts[t], marginal)
-        if p_value * m < ALPHA:               # Bonferroni over the m positions
+        _, p_value = chi_square(counts[t], marginals[t])
+        if p_value * (m + 1) < ALPHA:           # Bonferroni over m positions and one joint
             hint = ""
             for what, probs in candidates.items():
-                other = torch.nn.functional.one_hot(prompt[0, -1], V).double()
+                other = start
                 for _ in range(t + 1):
                     other = other @ probs
                 if chi_square(counts[t], other)[1] > ALPHA:
@@ -300,13 +501,82 @@ def check_speculative_generate(fn, seed: int = 0) -> None:
                  f"{p_value:.1e} over {runs} runs).{hint} Warp both models' logits the same way, and "
                  "put into the ratio exactly the q each draft token was drawn from")
         n += 1
+    _, p_value = chi_square(pairs, marginals[0][:, None] * Pw)
+    if p_value * (m + 1) < ALPHA:
+        fail(f"{name_of(fn)}: at temperature {temperature}, each new token may look right alone, but "
+             f"the pairs (new token 0, new token 1) do not follow the target's chain (chi-square "
+             f"p-value {p_value:.1e} over {runs} runs): given the token before it, a token must "
+             "follow the target's distribution after that token. Does a decision depend on an "
+             "earlier one, such as one uniform reused for several drafts?")
+    n += 1
 
-    # 4. All randomness from the generator.
-    a, b = (_generate(fn, _Bigram(P), _Bigram(Q), prompt, 7, 3, 1.0, seed=5) for _ in range(2))
-    if not torch.equal(a, b):
-        fail(f"{name_of(fn)} gave {a.tolist()} and then {b.tolist()} with generators of the same seed: "
+    (a, *_), (b, *_) = _results(outputs, problem, 6)
+    if a != b:
+        fail(f"{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
              "draw every random number from `generator`")
     passed(fn, n + 1)
+
+
+# --- the chapter's negative controls ------------------------------------------------------------------
+
+def _one_uniform(draft_tokens, q_probs, p_probs, generator=None):
+    """Wrong: one uniform r decides every draft of the round."""
+    r = torch.rand((), generator=generator)
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if r * q_probs[i, x] < p_probs[i, x]:
+            continue
+        residual = (p_probs[i] - q_probs[i]).clamp(min=0)
+        y = torch.multinomial(residual / residual.sum(), 1, generator=generator)
+        return torch.cat([draft_tokens[:i], y])
+    return torch.cat([draft_tokens, torch.multinomial(p_probs[-1], 1, generator=generator)])
+
+
+def _resample_from_p(draft_tokens, q_probs, p_probs, generator=None):
+    """Wrong: after a rejection, draws the replacement from p, not max(0, p - q)."""
+    for i in range(len(draft_tokens)):
+        x = draft_tokens[i]
+        if torch.rand((), generator=generator) * q_probs[i, x] < p_probs[i, x]:
+            continue
+        y = torch.multinomial(p_probs[i], 1, generator=generator)
+        return torch.cat([draft_tokens[:i], y])
+    return torch.cat([draft_tokens, torch.multinomial(p_probs[-1], 1, generator=generator)])
+
+
+def _decoder(verify, draft_warp=None):
+    """A speculative decoder with a given verification step; draft_warp, if given, is the warping
+    the draft *samples* with, while the ratio still uses the full one."""
+    from transformer_course.speculative import sampling_probs, verify_draft
+
+    verify = verify or verify_draft
+
+    def generate(target, draft, prompt_ids, max_new_tokens, gamma, generator=None, **warp):
+        ids, goal = prompt_ids, prompt_ids.shape[1] + max_new_tokens
+        while ids.shape[1] < goal:
+            k = min(gamma, goal - ids.shape[1] - 1)
+            seq, q = ids, []
+            for _ in range(k):
+                logits = draft(seq)[0, -1]
+                q.append(sampling_probs(logits, **warp))
+                sample_from = q[-1] if draft_warp is None else sampling_probs(logits, **draft_warp)
+                x = torch.multinomial(sample_from, 1, generator=generator)
+                seq = torch.cat([seq, x[None]], dim=1)
+            p = sampling_probs(target(seq)[0, -(k + 1):], **warp)
+            q = torch.stack(q) if q else p.new_zeros(0, p.shape[-1])
+            ids = torch.cat([ids, verify(seq[0, ids.shape[1]:], q, p, generator)[None]], dim=1)
+        return ids[:, :goal]
+
+    return generate
+
+
+def wrong_decoders(temperature: float) -> dict:
+    """Three speculative decoders that look right and are not, for the chapter's statistical test:
+    {name: generate(target, draft, prompt_ids, max_new_tokens, gamma, generator, **warp)}."""
+    return {
+        "resample from p after a rejection": _decoder(_resample_from_p),
+        "draft samples without top-k/top-p": _decoder(None, dict(temperature=temperature)),
+        "one uniform for all drafts of a round": _decoder(_one_uniform),
+    }
 
 
 # --- the exercises ----------------------------------------------------------------------------------
