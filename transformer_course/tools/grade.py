@@ -497,6 +497,8 @@ def worker(task_file: Path, result_file: Path) -> None:
     t = json.loads(Path(task_file).read_text())
     s = Settings(**{**t["settings"], "work": Path(t["settings"]["work"])})
     chapter = Chapter(**{k: (Path(v) if k in ("source", "release") else v) for k, v in t["chapter"].items()})
+    import torch
+
     torch.set_num_threads(max(1, s.threads))  # the checks' oracles are small; the workers share the cores
     r = grade_submission(t["student"], chapter, Path(t["path"]), s)
     tmp = Path(result_file).with_suffix(".tmp")
