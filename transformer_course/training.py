@@ -607,7 +607,7 @@ def load_or_train(name: str, device=None, progress: bool = True):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = course.checkpoint_path(name, device)
     loaded = course.load_checkpoint(path, device)
-    if loaded is None:  # the package's own copy: same name, so the same recipe and device
+    if loaded is None:  # the package's copy: same name, so same recipe and device
         loaded = course.load_checkpoint(course.shipped(path), device)
     if loaded is not None:
         return loaded
