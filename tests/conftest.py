@@ -51,23 +51,23 @@ if WORKERS > 1:
 # The slowest files first, so that the workers finish together: each file runs on one worker
 # (`--dist loadfile`), the files in the order of the collection (`--no-loadscope-reorder`), and a
 # slow file taken last would run alone at the end. Seconds per file (setup, call and teardown of
-# its items summed, from `bash tasks.sh test --durations=0`, 2 workers on a busy 2-core CPU, empty
-# checkpoint cache); the files not named take under 40 s each and follow in their usual order.
+# its items summed, from `bash tasks.sh test` with PYTEST_ADDOPTS=--durations=0 on a fresh clone,
+# 2 workers on an idle 2-core CPU, empty checkpoint cache; 2026-12-06); the files not named take
+# under 30 s each and follow in their usual order.
 SLOWEST_FIRST = [
-    "tests/test_grading.py",                  # 500 s: grades 67 notebooks in sandboxes, two at a time
-    "solutions/08_training.ipynb",            # 370 s: trains its two models
-    "solutions/09_decoding.ipynb",            # 300 s: load_or_train trains the course's models
-    "tests/test_bridge.py",                   # 170 s: every exercise's cases through the bridge
-    "solutions/15_infini_attention.ipynb",    # 160 s
-    "solutions/13_speculative_sampling.ipynb",  # 125 s
-    "tests/test_gpu_report.py",               # 100 s
-    "tests/test_selfcheck.py",                # 160 s under load: the CLI runs chapters
-    "solutions/16_rwkv.ipynb",                # 100 s
-    "solutions/05_normalization_and_residuals.ipynb",  # 75 s
-    "solutions/17_ring_attention.ipynb",      # 65 s
-    "solutions/04_multi_head_attention.ipynb",  # 55 s
-    "solutions/11_gqa.ipynb",                 # 50 s
-    "solutions/12_flash_attention.ipynb",     # 45 s
+    "tests/test_grading.py",                  # 390 s: grades 67 notebooks in sandboxes
+    "solutions/08_training.ipynb",            # 170 s: trains its two models and the ablations
+    "solutions/15_infini_attention.ipynb",    # 80 s: trains the passkey models (cached by recipe)
+    "tests/test_bridge.py",                   # 65 s: every exercise's cases through the bridge
+    "tests/test_gpu_report.py",               # 65 s: the GPU report's dry run
+    "tests/test_selfcheck.py",                # 55 s: the CLI runs chapters
+    "solutions/09_decoding.ipynb",            # 50 s
+    "solutions/16_rwkv.ipynb",                # 45 s: trains two models (cached by recipe)
+    "solutions/13_speculative_sampling.ipynb",  # 35 s
+    "solutions/17_ring_attention.ipynb",      # 35 s
+    "solutions/05_normalization_and_residuals.ipynb",  # 35 s
+    "tests/test_ring.py",                     # 30 s
+    "solutions/04_multi_head_attention.ipynb",  # 30 s
 ]
 
 
