@@ -225,11 +225,7 @@ def infini_ref(x, wq, wk, wv, wo, beta, n_heads, segment, bug=None):
     x, wq, wk, wv, wo, beta = (t.detach().double().cpu() for t in (x, wq, wk, wv, wo, beta))
     B, N, D = x.shape
     dh = D // n_heads
-
-    def heads(t):
-        return t.view(B, N, n_heads, dh).transpose(1, 2)
-
-    q, k, v = heads(x @ wq.T), heads(x @ wk.T), heads(x @ wv.T)
+    q, k, v = (t.view(B, N, n_heads, dh).transpose(1, 2) for t in (x @ wq.T, x @ wk.T, x @ wv.T))
     s = torch.arange(N) // segment
     same = (s[:, None] == s[None, :]) & (torch.arange(N)[:, None] >= torch.arange(N)[None, :])
     scale = D ** 0.5 if bug == "sqrt_d_model" else dh ** 0.5
@@ -263,11 +259,7 @@ def infini_delta_ref(x, wq, wk, wv, wo, beta, n_heads, segment, delta=True):
     x, wq, wk, wv, wo, beta = (t.detach().double().cpu() for t in (x, wq, wk, wv, wo, beta))
     B, N, D = x.shape
     dh = D // n_heads
-
-    def heads(t):
-        return t.view(B, N, n_heads, dh).transpose(1, 2)
-
-    q, k, v = heads(x @ wq.T), heads(x @ wk.T), heads(x @ wv.T)
+    q, k, v = (t.view(B, N, n_heads, dh).transpose(1, 2) for t in (x @ wq.T, x @ wk.T, x @ wv.T))
     M = torch.zeros(B, n_heads, dh, dh, dtype=torch.float64)
     z = torch.zeros(B, n_heads, dh, dtype=torch.float64)
     g = torch.sigmoid(beta).view(1, n_heads, 1, 1)
