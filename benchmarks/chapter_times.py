@@ -7,7 +7,8 @@ bottom in a fresh kernel, with the course's trained models already cached.
 The budget (CONTRIBUTING.md): a chapter stays within 90 s of CPU on a 2-core machine, a chapter
 that trains a model within 180 s. What counts is the CPU time of the kernel's process (user +
 system, its threads together, and the processes it started and waited for), read with psutil
-from outside the kernel before and after each cell; the wall time is written beside it.
+from outside the kernel before and after each cell; the wall time is written beside it. The
+kernel runs torch on one thread (`--threads`), as the stored outputs were made.
 
 Before the timed runs each chapter runs once untimed ("warm-up"), so that a model the chapter loads
 with `load_or_train` (chapter 08's, chapter 13's draft, ...) is in the cache, as it is for a learner
@@ -45,7 +46,7 @@ BUDGET_S, TRAINING_BUDGET_S = 90, 180
 TRAINS = {"04_multi_head_attention", "05_normalization_and_residuals", "06_feed_forward",
           "08_training", "11_gqa", "13_speculative_sampling", "15_infini_attention", "16_rwkv"}
 FIELDS = ["chapter", "run", "cpu_s", "wall_s", "budget_s", "slowest_cell_cpu_s", "slowest_cell",
-          "cpus", "load_before", "machine", "date"]
+          "threads", "cpus", "load_before", "machine", "date"]
 
 
 def budget(chapter: str) -> int:
@@ -93,10 +94,16 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2, help="timed runs per chapter (default 2)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed first run")
     p.add_argument("--timeout", type=int, default=900, help="seconds a cell may run (default 900)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in the kernel (default 1, as the stored outputs were made)")
     p.add_argument("--out", type=Path, default=RESULTS / f"chapter_times_{socket.gethostname()}.csv")
     args = p.parse_args(argv)
 
     os.environ["PYTHONHASHSEED"] = "0"  # as the notebooks are executed and tested
+    # One thread: then CPU seconds are the work a chapter does. A second thread spins while it
+    # waits on these small matrices: chapter 08 on the idle 2-core VM took 197 s of CPU and 112 s
+    # of wall time with two threads, 161 s and 162 s with one.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     chapters = args.chapters or [nb.stem for nb in solution_notebooks()]
     missing = [c for c in chapters if not (SOLUTIONS / f"{c}.ipynb").exists()]
     if missing:
@@ -111,12 +118,12 @@ def main(argv=None) -> int:
             load = round(os.getloadavg()[0], 2)
             r = run_chapter(SOLUTIONS / f"{chapter}.ipynb", args.timeout)
             rows.append({"chapter": chapter, "run": run, **r, "budget_s": budget(chapter),
-                         "cpus": len(os.sched_getaffinity(0)), "load_before": load,
+                         "threads": args.threads, "cpus": len(os.sched_getaffinity(0)), "load_before": load,
                          "machine": cpu_name(), "date": datetime.date.today().isoformat()})
             print(f"{chapter} {run}: {r['cpu_s']} s CPU ({r['wall_s']} s wall; budget {budget(chapter)} s);"
                   f" most: {r['slowest_cell_cpu_s']} s in {r['slowest_cell']}", flush=True)
     rows.sort(key=lambda r: (r["chapter"], r["run"] != "warmup", r["run"]))
-    write_csv([{k: r[k] for k in FIELDS} for r in rows], args.out)
+    write_csv([{k: r.get(k, "") for k in FIELDS} for r in rows], args.out)
     return 0
 
 
