@@ -538,7 +538,6 @@ def save_checkpoint(path: Path, model: nn.Module, tok: CharTokenizer) -> Path:
     """Save model and tokenizer to path (atomically: write a temporary file, then
     rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "state_dict": state,
@@ -546,11 +545,19 @@ def save_checkpoint(path: Path, model: nn.Module, tok: CharTokenizer) -> Path:
         "chars": tok.chars,
         "model": type(model).__name__,
     }
+    return save_atomic(path, payload)
+
+
+def save_atomic(path: Path, payload: dict) -> Path:
+    """torch.save(payload) to path: a temporary file, then a rename, so that readers
+    see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -620,6 +627,37 @@ def load_or_train(name: str, device=None, progress: bool = True):
         model, tok, _ = course.RECIPES[name][1](device, progress=progress)
         course.save_checkpoint(path, model, tok)
     return model.eval(), tok
+
+
+def cached(kind: str, recipe: dict, make, device="cpu") -> dict:
+    """What make() returns (a dict of tensors, numbers, strings and lists: a state dict,
+    a loss history), made once per recipe: kept as cache_dir()/"<kind>-<device>-<hash>.pt",
+    the hash over `recipe` (JSON: all that determines the result, code version
+    included), the device type and its arithmetic. Found in the package's
+    checkpoints/ too, like load_or_train's models; processes that miss it at once make
+    it once. Later chapters cache what they train with it."""
+    from transformer_course import training as course
+
+    device = torch.device(device)
+    spec = {"kind": kind, "recipe": recipe, "device": device.type,
+            "precision": precision(device)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    path = course.cache_dir() / f"{kind}-{device.type}-{digest[:12]}.pt"
+
+    def read(p):
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # missing, truncated, or from another version of the code
+            return None
+
+    payload = read(path) or read(course.shipped(path))
+    if payload is None:
+        with course.checkpoint_lock(path):
+            payload = read(path)
+            if payload is None:
+                payload = make()
+                course.save_atomic(path, payload)
+    return payload
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
