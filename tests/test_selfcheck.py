@@ -176,7 +176,7 @@ def test_command_line_after_a_slow_cell_still_summarizes(tmp_path):
     path = tmp_path / "03_attention.ipynb"
     nbformat.write(nb, path)
     run = subprocess.run([sys.executable, "-m", "transformer_course.tools.cli", "check", str(path),
-                          "--timeout", "30"], capture_output=True, text=True, timeout=400)
+                          "--timeout", "12"], capture_output=True, text=True, timeout=400)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stdout + run.stderr and "CellTimeoutError" not in run.stderr
     lines = run.stdout.splitlines()
@@ -184,7 +184,7 @@ def test_command_line_after_a_slow_cell_still_summarizes(tmp_path):
     assert [line.split()[1] for line in lines[1:4]] == ["padding_mask", "causal_mask",
                                                          "attention_weights"], run.stdout
     assert "\u2713 causal_mask" in run.stdout
-    assert "1 cell ran longer than --timeout 30 s and was stopped" in run.stdout
+    assert "1 cell ran longer than --timeout 12 s and was stopped" in run.stdout
     assert 'under "A long experiment" that begins `import time`' in run.stdout
     assert "NameError: name 'result' is not defined" in run.stdout  # the cell that needed it
-    assert f"transformer-course check {path} --timeout 120" in run.stdout
+    assert f"transformer-course check {path} --timeout 48" in run.stdout

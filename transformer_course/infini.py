@@ -12,8 +12,6 @@
 #   load_or_train_passkey(**recipe)   train_passkey, cached by recipe
 import contextlib
 import hashlib
-import json
-import os
 import time
 
 import torch
@@ -192,27 +190,22 @@ def train_passkey(memory=True, beta0=0.0, gate_lr=10.0, delta=False, seed=0, ste
 
 
 def load_or_train_passkey(progress=True, **recipe):
-    """(model, history) of train_passkey(**recipe), trained once per machine and
-    cached by recipe next to the course's checkpoints (training.cache_dir());
-    history["cpu_seconds"]: what training cost. The package's code trains, as
-    load_or_train does."""
+    """(model, history) of train_passkey(**recipe), trained once and kept by
+    `training.cached` (the package ships the CPU runs), under a name that hashes the
+    recipe and this module's code; history["cpu_seconds"]: what training cost. The
+    package's code trains, as load_or_train does."""
     from transformer_course import infini as course
-    from transformer_course.training import cache_dir, checkpoint_lock
+    from transformer_course.training import cached
 
     code = hashlib.sha256(open(course.__file__, "rb").read()).hexdigest()
-    spec = json.dumps({"recipe": recipe, "code": code}, sort_keys=True)
-    path = cache_dir() / f"passkey-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.pt"
-    with checkpoint_lock(path):
-        try:
-            payload = torch.load(path, weights_only=True)
-        except Exception:                            # missing or unreadable: train it
-            start = time.process_time()
-            model, history = course.train_passkey(progress=progress, **recipe)
-            history["cpu_seconds"] = time.process_time() - start
-            payload = {"state_dict": model.state_dict(), "history": history}
-            tmp = path.with_suffix(".tmp")
-            torch.save(payload, tmp)
-            os.replace(tmp, path)                    # readers see all of it or nothing
+
+    def make():
+        start = time.process_time()
+        model, history = course.train_passkey(progress=progress, **recipe)
+        history["cpu_seconds"] = time.process_time() - start
+        return {"state_dict": model.state_dict(), "history": history}
+
+    payload = cached("passkey", {"recipe": recipe, "code": code}, make)
     model = course.PasskeyModel(delta=recipe.get("delta", False))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload["history"]

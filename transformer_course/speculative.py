@@ -3,8 +3,6 @@
 # Speculative sampling: a small draft model proposes, the target verifies, and what
 # comes out follows the target's distribution exactly.
 import dataclasses
-import hashlib
-import json
 from dataclasses import asdict
 
 import torch
@@ -12,9 +10,9 @@ import torch.nn.functional as F
 
 from transformer_course.decoding import LanguageModel, validate_prompt, warp_logits
 from transformer_course.kv_cache import KVCache, forward_cached
-from transformer_course.training import (char_corpus, char_windows, chars_loss,
-                                         chars_recipe, checkpoint_lock, checkpoint_path,
-                                         load_checkpoint, save_checkpoint, train)
+from transformer_course.training import (cached, char_corpus, char_windows,
+                                         chars_loss, chars_recipe, checkpoint_path,
+                                         train)
 from transformer_course.transformer import DecoderOnly
 
 
@@ -53,24 +51,19 @@ def train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
 
 
 def load_or_train_draft(device, steps: int = 300, progress: bool = True) -> DecoderOnly:
-    """The draft from the course's cache (`load_or_train`'s folder), or trained and
-    saved there. Its file name hashes the draft's recipe and the name of the target's
+    """The draft, kept by `training.cached` (the package ships the one trained on a
+    CPU): its file name hashes the draft's recipe and the name of the target's
     checkpoint, which hashes the text, the tokenizer, the device and the arithmetic."""
     cfg, settings = draft_recipe(steps)
-    target = checkpoint_path("chars", device)
-    spec = json.dumps({"config": asdict(cfg), "settings": asdict(settings),
-                       "target": target.name}, sort_keys=True)
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    path = target.with_name(f"draft-{digest}.pt")
-    loaded = load_checkpoint(path, device)
-    if loaded is None:
-        with checkpoint_lock(path):             # one process trains, the others load
-            loaded = load_checkpoint(path, device)
-            if loaded is None:
-                model = train_draft(device, steps, progress)
-                save_checkpoint(path, model, chars_recipe()[0])
-                return model
-    return loaded[0]
+    recipe = {"config": asdict(cfg), "settings": asdict(settings),
+              "target": checkpoint_path("chars", device).name}
+
+    def make():
+        return {"state_dict": train_draft(device, steps, progress).state_dict()}
+
+    model = DecoderOnly(cfg)
+    model.load_state_dict(cached("draft", recipe, make, device)["state_dict"])
+    return model.to(device).eval()
 
 
 def _shape(x) -> str:

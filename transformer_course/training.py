@@ -631,11 +631,13 @@ def load_or_train(name: str, device=None, progress: bool = True):
 
 def cached(kind: str, recipe: dict, make, device="cpu") -> dict:
     """What make() returns (a dict of tensors, numbers, strings and lists: a state dict,
-    a loss history), made once per recipe: kept as cache_dir()/"<kind>-<device>-<hash>.pt",
-    the hash over `recipe` (JSON: all that determines the result, code version
-    included), the device type and its arithmetic. Found in the package's
-    checkpoints/ too, like load_or_train's models; processes that miss it at once make
-    it once. Later chapters cache what they train with it."""
+    a loss history), made once per recipe and kept as
+    cache_dir()/"<kind>-<device>-<hash>.pt", the hash over `recipe` (JSON: all that
+    determines the result, code version included), the device type and its arithmetic.
+    Found in the package's checkpoints/ too, like load_or_train's models; processes that
+    miss it at once make it once. Later chapters keep what they train with it. With
+    $TRANSFORMER_COURSE_SHIPPED_ONLY set (the tests set it), a payload that would have
+    to be made is an error instead."""
     from transformer_course import training as course
 
     device = torch.device(device)
@@ -651,6 +653,10 @@ def cached(kind: str, recipe: dict, make, device="cpu") -> dict:
             return None
 
     payload = read(path) or read(course.shipped(path))
+    if payload is None and os.environ.get("TRANSFORMER_COURSE_SHIPPED_ONLY"):
+        # the test suite: what a CPU trains ships with the package (CONTRIBUTING.md)
+        raise FileNotFoundError(f"{path.name} is not shipped: make it, then copy it "
+                                "into transformer_course/checkpoints/")
     if payload is None:
         with course.checkpoint_lock(path):
             payload = read(path)
