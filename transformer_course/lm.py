@@ -91,7 +91,8 @@ def lm_data(vocab_size: int) -> dict:
         train_text, val_text = split_topics(load_topics())
         merges = train_bpe(train_text, vocab_size)
         return {"merges": torch.tensor(list(merges), dtype=torch.int64).reshape(-1, 2),
-                "train": torch.tensor(bpe_encode(train_text, merges), dtype=torch.int16),
+                "train": torch.tensor(bpe_encode(train_text, merges),
+                                      dtype=torch.int16),
                 "val": torch.tensor(bpe_encode(val_text, merges), dtype=torch.int16),
                 "train_bytes": len(train_text.encode()),
                 "val_bytes": len(val_text.encode())}
@@ -145,7 +146,9 @@ class LMConfig:
     def ffn_width(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        return swiglu_d_ff(self.d_model, 32) if self.ffn == "swiglu" else 4 * self.d_model
+        if self.ffn == "swiglu":
+            return swiglu_d_ff(self.d_model, 32)
+        return 4 * self.d_model
 
 
 def recipe_2017(cfg: LMConfig) -> LMConfig:
@@ -208,7 +211,7 @@ class Attention(nn.Module):
         n_k = k.shape[-2]                                    # the new queries are last:
         mask = (decode_mask(N, n_k) if cfg.window is None    # bottom-right alignment
                 else window_mask(N, n_k, cfg.window)).to(x.device)
-        k, v = repeat_kv(k, H // G), repeat_kv(v, H // G)    # query head h: K/V h // (H/G)
+        k, v = repeat_kv(k, H // G), repeat_kv(v, H // G)    # head h: K/V h // (H/G)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.w_o(o.transpose(1, 2).reshape(B, N, H * d))
 
@@ -301,6 +304,19 @@ class LM(nn.Module):
         return self.head(self.norm(x))
 
 
+def first_divergence(ours: list, theirs: list, atol: float, rtol: float = 0.0):
+    """(index, difference) of the first pair of hidden states (0: the embedding, i + 1:
+    after block i) that differ by more than atol + rtol |theirs|; (None, the largest
+    difference) when all agree."""
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        err = (a.double() - b.double()).abs()
+        if (err > atol + rtol * b.double().abs()).any():
+            return i, err.max().item()
+        worst = max(worst, err.max().item())
+    return None, worst
+
+
 def n_params(model: nn.Module) -> int:
     """Parameters, a tied matrix counted once."""
     return sum(p.numel() for p in model.parameters())
@@ -332,8 +348,10 @@ def from_hf_llama(state_dict: dict, cfg: LMConfig) -> dict:
         hf, us = f"model.layers.{i}.", f"layers.{i}."
         sd[us + "attn_norm.weight"] = state_dict[hf + "input_layernorm.weight"]
         sd[us + "ffn_norm.weight"] = state_dict[hf + "post_attention_layernorm.weight"]
-        sd[us + "attn.w_q.weight"] = heads(state_dict[hf + "self_attn.q_proj.weight"], H)
-        sd[us + "attn.w_k.weight"] = heads(state_dict[hf + "self_attn.k_proj.weight"], G)
+        q, k = state_dict[hf + "self_attn.q_proj.weight"], state_dict[
+            hf + "self_attn.k_proj.weight"]
+        sd[us + "attn.w_q.weight"] = heads(q, H)
+        sd[us + "attn.w_k.weight"] = heads(k, G)
         sd[us + "attn.w_v.weight"] = state_dict[hf + "self_attn.v_proj.weight"]
         sd[us + "attn.w_o.weight"] = state_dict[hf + "self_attn.o_proj.weight"]
         sd[us + "ffn.w_1.weight"] = state_dict[hf + "mlp.gate_proj.weight"]
@@ -374,8 +392,12 @@ def train_lm(cfg: LMConfig, tokens: int, seed: int = 0, batch_size: int = 16,
               "seed": seed, "batch_size": batch_size, "max_lr": max_lr,
               "eval_every": eval_every, "corpus": corpus_digest()}
 
+    # Always the package's code, even where a notebook defines its own LM: what the
+    # chapter trains and caches never depends on a learner's answer.
+    from transformer_course import lm as course
+
     def make():
-        data = lm_data(cfg.vocab_size)
+        data = course.lm_data(cfg.vocab_size)
         train_ids, val_ids = data["train"], data["val"]
         token_bytes, n = data["tokenizer"].token_bytes, cfg.max_seq_len
         steps = max(1, tokens // (batch_size * n))
@@ -383,7 +405,7 @@ def train_lm(cfg: LMConfig, tokens: int, seed: int = 0, batch_size: int = 16,
                                  min_lr=max_lr / 10, warmup_steps=max(1, steps // 20),
                                  seed=seed)
         torch.manual_seed(seed)
-        model = LM(cfg).to(device)
+        model = course.LM(cfg).to(device)
         history = {"step": [], "tokens": [], "val_bpb": [], "cpu_s": [], "wall_s": []}
         t0 = time.process_time(), time.perf_counter()
 
@@ -392,13 +414,14 @@ def train_lm(cfg: LMConfig, tokens: int, seed: int = 0, batch_size: int = 16,
             history["tokens"].append(step * batch_size * n)
             history["cpu_s"].append(time.process_time() - t0[0])
             history["wall_s"].append(time.perf_counter() - t0[1])
-            history["val_bpb"].append(evaluate_bpb(model, val_ids, token_bytes))
+            history["val_bpb"].append(course.evaluate_bpb(model, val_ids, token_bytes))
 
         def get_batch(step):
             if step % eval_every == 0:
                 log(step)
             g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            starts = torch.randint(0, len(train_ids) - n - 1, (batch_size,), generator=g)
+            starts = torch.randint(0, len(train_ids) - n - 1, (batch_size,),
+                                   generator=g)
             w = torch.stack([train_ids[s: s + n + 1] for s in starts.tolist()])
             return w[:, :-1].to(device), w[:, 1:].to(device)
 
@@ -413,7 +436,7 @@ def train_lm(cfg: LMConfig, tokens: int, seed: int = 0, batch_size: int = 16,
                 "history": history}
 
     payload = cached("lm", recipe, make, device)
-    model = LM(cfg)
+    model = course.LM(cfg)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload["history"]
 
@@ -473,7 +496,7 @@ class CachedLM:
 # decoding, on the same tokenizer (vocab 512).
 MAIN = LMConfig(vocab_size=512, d_model=128, n_layers=3, n_heads=4, n_kv_heads=2,
                 max_seq_len=128)
-MAIN_TOKENS = 1_000_000
+MAIN_TOKENS = 1_500_000
 DRAFT = LMConfig(vocab_size=512, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1,
                  max_seq_len=128)
 DRAFT_TOKENS = 1_000_000
