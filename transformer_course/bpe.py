@@ -87,7 +87,8 @@ def train_bpe_incremental(text: str, vocab_size: int) -> dict[tuple[int, int], i
 def pair_visits(text: str, merges: dict[tuple[int, int], int]) -> tuple[list, list]:
     """Counted, for each merge in order: the pairs chapter 01's train_bpe counts (every
     pair of every distinct chunk) and those train_bpe_incremental counts (the pairs of
-    the chunks the merge changed, before and after it)."""
+    the chunks the merge changed, before and after it; not the few chunks it reads
+    again to find a pair's new first place)."""
     counted = Counter(tuple(c.encode("utf-8")) for c in split_chunks(text))
     chunks = list(counted)
     holds = defaultdict(set)  # token id -> chunks that hold it (or once held it)
