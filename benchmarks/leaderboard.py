@@ -2,7 +2,7 @@
 on the validation split of Python's documentation (lm.split_topics), on your hardware.
 
     python benchmarks/leaderboard.py --config cpu-small            # prints one CSV row
-    python benchmarks/leaderboard.py --config cpu-small --append   # and adds it to the CSV
+    python benchmarks/leaderboard.py --config cpu-small --append   # and adds it
     python benchmarks/leaderboard.py --config gpu-medium --append  # on a CUDA GPU
 
 A run trains the named config from scratch (never from a cache: the time is the point)
@@ -16,8 +16,8 @@ row records the 1-minute load average at the start (load_1min) and the threads.
 
 Rows of benchmarks/results/leaderboard.csv: config, target_bpb, time_to_target_s,
 cpu_s_to_target, tokens_to_target, final_bpb, tokens, params, batch_size, threads,
-load_1min, device, hardware, torch, date, commit. Add your own with --append (any
-config in CONFIGS, or a new entry there under a new name).
+load_1min, device, hardware, torch, date, commit. Add your own with --append (any config
+in CONFIGS, or a new entry there under a new name).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ CONFIGS = {
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         return "unknown"
 

@@ -1,24 +1,25 @@
-"""Speculative decoding on chapter 18's model: acceptance, tokens per target call and time
-per token against plain decoding, for several gamma, repeated.
+"""Speculative decoding on chapter 18's model: acceptance, tokens per target call and
+time per token against plain decoding, for several gamma, repeated.
 
     python benchmarks/lm_speculative.py                       # the committed run (CPU)
-    python benchmarks/lm_speculative.py --gammas 1 2 3 4 6 --repeats 5 --prompts 4 --new 96
+    python benchmarks/lm_speculative.py --gammas 1 2 4 --repeats 5 --prompts 4 --new 96
 
-Target: the chapter's main model (lm.load_main); draft: its small model trained on the same
-data and tokenizer (lm.load_draft). Both run with a KV cache kept across calls (lm.CachedLM,
-rewound after a rejection); plain decoding is lm.generate (KV-cached). All sampling at
-temperature 1 from prompts of --prompt-len tokens cut from the validation split. A repeat r
-runs, one after the other, plain decoding with the target, with the draft, and speculative
-decoding for every gamma, all with generators seeded from r and the prompt: the repeats are
-interleaved, so a change in the machine's load falls on every variant alike. On the CPU
-every time is the process's CPU time (torch on one thread), on a GPU wall time.
+Target: the chapter's main model (lm.load_main); draft: its small model trained on the
+same data and tokenizer (lm.load_draft). Both run with a KV cache kept across calls
+(lm.CachedLM, rewound after a rejection); plain decoding is lm.generate (KV-cached). All
+sampling at temperature 1 from prompts of --prompt-len tokens cut from the validation
+split. A repeat r runs, one after the other, plain decoding with the target, with the
+draft, and speculative decoding for every gamma, all with generators seeded from r and
+the prompt: the repeats are interleaved, so a change in the machine's load falls on
+every variant alike. On the CPU every time is the process's CPU time (torch on one
+thread), on a GPU wall time.
 
 Columns, one row per gamma (gamma 0: plain decoding with the target) and repeat:
 - gamma, repeat, tokens (generated), target_calls, drafted, accepted, rejected;
 - alpha: accepted / (accepted + rejected), the drafts the target judged, kept;
 - tokens_per_call: tokens / target_calls; formula: (1 - alpha^(gamma+1)) / (1 - alpha)
-  with that alpha (a round cut short at the end of a text drafts fewer than gamma, so the
-  measured value sits a little below);
+  with that alpha (a round cut short at the end of a text drafts fewer than gamma, so
+  the measured value sits a little below);
 - ms_per_token; speedup: this repeat's plain ms_per_token over this row's;
 - c: the draft's ms_per_token in plain decoding over the target's (this repeat);
   speedup_formula: formula / (gamma c + 1);
@@ -73,15 +74,17 @@ def main() -> None:
         return clock() - t0
 
     def plain(model, r):
-        gens = [torch.Generator().manual_seed(1000 * r + i) for i in range(len(prompts))]
+        gens = [torch.Generator().manual_seed(1000 * r + i)
+                for i in range(len(prompts))]
         return timed(lambda: [lm.generate(model, x, args.new, 1.0, generator=g)
                               for x, g in zip(prompts, gens)])
 
     def speculative(gamma, r, stats):
-        gens = [torch.Generator().manual_seed(1000 * r + i) for i in range(len(prompts))]
-        return timed(lambda: [speculative_generate(lm.CachedLM(target), lm.CachedLM(draft),
-                                                   x, args.new, gamma, 1.0, g, stats=stats)
-                              for x, g in zip(prompts, gens)])
+        gens = [torch.Generator().manual_seed(1000 * r + i)
+                for i in range(len(prompts))]
+        return timed(lambda: [speculative_generate(
+            lm.CachedLM(target), lm.CachedLM(draft), x, args.new, gamma, 1.0, g,
+            stats=stats) for x, g in zip(prompts, gens)])
 
     plain(target, 0), speculative(2, 0, {})                 # warm-up, not recorded
     rows, n = [], args.new * len(prompts)
@@ -113,7 +116,8 @@ def main() -> None:
                          "formula": round(formula, 4),
                          "ms_per_token": round(1000 * t / n, 4),
                          "speedup": round(t_plain / t, 4), "c": round(c, 4),
-                         "speedup_formula": round(formula / (gamma * c + 1), 4), **common})
+                         "speedup_formula": round(formula / (gamma * c + 1), 4),
+                         **common})
             print(f"repeat {r} gamma {gamma}: alpha {alpha:.3f}, tokens/call "
                   f"{per_call:.2f} (formula {formula:.2f}), speedup {t_plain / t:.2f}, "
                   f"c {c:.3f}", flush=True)

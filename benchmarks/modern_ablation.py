@@ -1,13 +1,13 @@
 """What each modern choice buys, measured: the 2017 recipe against the modern one, each
 change alone and all together, at equal parameter count and token budget, over seeds.
 
-    python benchmarks/modern_ablation.py                 # the committed run (CPU, 1 thread)
+    python benchmarks/modern_ablation.py        # the committed run (CPU, 1 thread)
     python benchmarks/modern_ablation.py --seeds 0 1 2 3 --tokens 600000
 
 Chapter 18 (a modern small language model) plots the CSV. The base model is a small
 lm.LMConfig (d_model 64, 3 layers, 4 heads, vocabulary 512, windows of 128 tokens). The
-2017 recipe (lm.recipe_2017: post-norm LayerNorm, learned positions, ReLU FFN of width
-4 d_model, full multi-head attention) is the reference; every other config changes ONE
+2017 recipe (lm.recipe_2017: post-norm LayerNorm, learned positions, ReLU FFN of width 4
+d_model, full multi-head attention) is the reference; every other config changes ONE
 field of it toward the modern recipe (RMSNorm, pre-norm, RoPE, SwiGLU, GQA with 2 K/V
 heads; and sinusoidal positions, the paper's other choice), and "modern" changes all of
 them (lm.MAIN's choices). Each config's d_ff is the integer that brings its parameter
@@ -17,9 +17,9 @@ with lm.train_lm (cached by recipe: re-running only trains what is missing) and 
 evaluated on the whole validation split.
 
 Two peak learning rates. At 1e-3 every config trains; all eight are run there. At 3e-3,
-the chapter's main model's rate, the 2017 model learns only the unigram distribution (its
-loss stays on the plateau), so the 2017, pre-norm and modern configs are run there too:
-the row pairs show which change lets the model train at the higher rate. The CSV is
+the chapter's main model's rate, the 2017 model learns only the unigram distribution
+(its loss stays on the plateau), so the 2017, pre-norm and modern configs are run there
+too: the row pairs show which change lets the model train at the higher rate. The CSV is
 rewritten after every run, so an interrupted run leaves the rows it finished.
 
 Columns, one row per config and seed:
@@ -110,7 +110,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=600_000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3])
-    p.add_argument("--high-lr-configs", nargs="+", default=["2017", "pre-norm", "modern"],
+    p.add_argument("--high-lr-configs", nargs="+",
+                   default=["2017", "pre-norm", "modern"],
                    help="the configs also run at the learning rates after the first")
     p.add_argument("--out", default=str(RESULTS / "modern_ablation.csv"))
     args = p.parse_args()
@@ -131,7 +132,7 @@ def main() -> None:
     grid = [(lr, name) for i, lr in enumerate(args.lrs) for name in matched
             if i == 0 or name in args.high_lr_configs]
     bpb, date, hardware = {}, datetime.date.today().isoformat(), cpu_name()
-    for seed in args.seeds:                      # seed-major: every run gets seed 0 first
+    for seed in args.seeds:             # seed-major: every run gets seed 0 first
         for lr, name in grid:
             t0 = time.process_time()
             _, history = lm.train_lm(matched[name][1], args.tokens, seed=seed,
