@@ -6,6 +6,7 @@ notebook never writes the course's checkpoints. Fast: tiny recipes, no real trai
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,13 +160,41 @@ def test_callers_that_miss_the_checkpoint_at_once_train_it_once(tiny, monkeypatc
     assert all(_same_weights(g[0], got[0][0]) for g in got)
 
 
-def test_the_package_ships_the_current_cpu_checkpoints():
+def _chapter_18_payloads(monkeypatch, tmp_path) -> set:
+    """The names of the files chapter 18 loads through training.cached (its tokenized corpus,
+    main model and draft), found in the package's checkpoints/ with nothing trained: the
+    training functions raise if called."""
+    from transformer_course import lm
+
+    monkeypatch.setenv("TRANSFORMER_COURSE_CACHE", str(tmp_path))
+    asked, real = set(), training.shipped
+
+    def shipped(path):
+        asked.add(Path(path).name)
+        return real(path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a chapter 18 payload is not shipped: remake it (CONTRIBUTING.md)")
+
+    monkeypatch.setattr(training, "shipped", shipped)
+    monkeypatch.setattr(lm, "train", no_training)
+    monkeypatch.setattr(lm, "train_bpe", no_training)
+    lm.lm_data(lm.MAIN.vocab_size)
+    for load in (lm.load_main, lm.load_draft):
+        model, history = load(progress=False)
+        assert history["val_bpb"][-1] < history["val_bpb"][0]
+    return asked
+
+
+def test_the_package_ships_the_current_cpu_checkpoints(monkeypatch, tmp_path):
     """The shipped checkpoints are the current recipes' (a changed recipe must ship its new
     file: the old name would never be asked for again), and they load."""
     folder = training.shipped("any.pt").parent
     want = {training.checkpoint_path(name, "cpu").name for name in training.RECIPES}
     shipped = {p.name for p in folder.glob("*.pt")}
-    assert {n for n in shipped if n.startswith(tuple(training.RECIPES))} == want, (
+    lm_payloads = _chapter_18_payloads(monkeypatch, tmp_path)
+    assert lm_payloads <= shipped, f"not shipped: {sorted(lm_payloads - shipped)}"
+    assert {n for n in shipped if n.startswith(tuple(f"{r}-" for r in training.RECIPES))} == want, (
         "remake them: TRANSFORMER_COURSE_CACHE=$(mktemp -d) and load_or_train(name, 'cpu') for each "
         "recipe, then copy the files into transformer_course/checkpoints/ (CONTRIBUTING.md)")
     for name in want:

@@ -72,3 +72,17 @@ def test_the_grading_sandbox_finds_them():
         assert conn.request("get", "n") > 0
     finally:
         box.close()
+
+
+def test_the_modern_ablation_compares_like_with_like():
+    """Chapter 18's ablation: every config within 2 % of the 2017 model's parameters, the
+    same token budget, and at least 3 seeds per config and learning rate."""
+    from collections import Counter
+
+    rows = figures.committed_results("modern_ablation.csv")
+    base = int(next(r["params"] for r in rows if r["config"] == "2017"))
+    assert all(abs(int(r["params"]) - base) <= 0.02 * base for r in rows), \
+        [(r["config"], r["params"]) for r in rows]
+    assert len({r["tokens"] for r in rows}) == 1
+    seeds = Counter((r["config"], r["max_lr"]) for r in rows)
+    assert len(seeds) >= 8 and min(seeds.values()) >= 3, seeds
