@@ -142,7 +142,7 @@ class RWKVConfig:
     max_len: int = 64       # the training window only: RWKV has no position table
 
 
-class Block(nn.Module):
+class RWKVBlock(nn.Module):
     def __init__(self, cfg: RWKVConfig):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
@@ -167,7 +167,7 @@ class RWKV(nn.Module):
         self.cfg = cfg
         self.emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.ln0, self.ln_out = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(RWKVBlock(cfg) for _ in range(cfg.n_layers))
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
 
     def forward(self, ids):
