@@ -58,21 +58,21 @@ if WORKERS > 1:
 # slow file taken last would run alone at the end. Seconds per file (setup, call and teardown of
 # its items summed, from `bash tasks.sh test` with PYTEST_ADDOPTS=--durations=0 on a fresh clone,
 # 2 workers on an idle 2-core CPU, empty checkpoint cache; 2026-12-06); the files not named take
-# under 30 s each and follow in their usual order.
+# under 25 s each and follow in their usual order.
 SLOWEST_FIRST = [
-    "tests/test_grading.py",                  # 390 s: grades 67 notebooks in sandboxes
-    "solutions/08_training.ipynb",            # 170 s: trains its two models and the ablations
-    "solutions/15_infini_attention.ipynb",    # 80 s: trains the passkey models (cached by recipe)
+    "tests/test_grading.py",                  # 420 s: grades 70 notebooks in sandboxes
+    "solutions/08_training.ipynb",            # 155 s: trains its two models
+    "tests/test_gpu_report.py",               # 80 s: the GPU report's dry run
     "tests/test_bridge.py",                   # 65 s: every exercise's cases through the bridge
-    "tests/test_gpu_report.py",               # 65 s: the GPU report's dry run
-    "tests/test_selfcheck.py",                # 55 s: the CLI runs chapters
-    "solutions/09_decoding.ipynb",            # 50 s
-    "solutions/16_rwkv.ipynb",                # 45 s: trains two models (cached by recipe)
-    "solutions/13_speculative_sampling.ipynb",  # 35 s
+    "tests/test_selfcheck.py",                # 45 s: the CLI runs chapters
+    "solutions/05_normalization_and_residuals.ipynb",  # 40 s
+    "solutions/09_decoding.ipynb",            # 35 s
+    "tests/test_ring.py",                     # 35 s
     "solutions/17_ring_attention.ipynb",      # 35 s
-    "solutions/05_normalization_and_residuals.ipynb",  # 35 s
-    "tests/test_ring.py",                     # 30 s
-    "solutions/04_multi_head_attention.ipynb",  # 30 s
+    "solutions/18_modern_lm.ipynb",           # 30 s
+    "tests/test_checks.py",                   # 30 s
+    "solutions/13_speculative_sampling.ipynb",  # 30 s
+    "solutions/04_multi_head_attention.ipynb",  # 25 s
 ]
 
 

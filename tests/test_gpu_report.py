@@ -38,7 +38,7 @@ def test_dry_run_writes_the_report(tmp_path):
     cell = nbformat.v4.new_code_cell("from transformer_course.tools.gpu import on_the_gpu\n"
                                      "rows = on_the_gpu('dry_run_demo', lambda: [{'n': 1}], 'cpu')\n"
                                      "print(rows)")
-    said = ("No CUDA GPU here, and no GPU measurements of 'dry_run_demo' are committed yet "
+    said = ("No CUDA GPU here, and no GPU measurements of 'dry_run_demo' are committed yet\n"
             "(benchmarks/results/gpu/dry_run_demo.csv). On a GPU this cell measures them.\nNone\n")
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=said)]
     cell.execution_count = 1

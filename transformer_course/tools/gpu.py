@@ -115,7 +115,7 @@ def on_the_gpu(name: str, measure, device, dtype: str = "", results: Path = RESU
         return rows
     rows = committed(name, results)
     if rows is None:
-        print(f"No CUDA GPU here, and no GPU measurements of {name!r} are committed yet "
+        print(f"No CUDA GPU here, and no GPU measurements of {name!r} are committed yet\n"
               f"(benchmarks/results/gpu/{name}.csv). On a GPU this cell measures them.")
         return None
     meta = {k: rows[0].get(k, "") for k in META}
