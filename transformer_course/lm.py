@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformer_course import speculative
 from transformer_course.blocks import RMSNorm
 from transformer_course.ffn import FeedForward, SwiGLU, swiglu_d_ff
 from transformer_course.gqa import repeat_kv
@@ -468,28 +469,13 @@ def generate(model: LM, ids: torch.Tensor, max_new_tokens: int,
     return out
 
 
-class CachedLM:
-    """model as a language model ids [1, N] -> logits whose KV cache lives across
-    calls (for speculative decoding, as chapter 13's CachedLM): a call feeds only the
-    ids after the longest prefix the cache holds, once rejected positions are cropped,
-    and returns the logits of the fed positions [1, N_fed, V]: read them from the end.
-    `fed` counts the positions computed, `calls` the forward passes."""
+class CachedLM(speculative.CachedLM):
+    """Chapter 13's CachedLM for an LM, whose forward pass takes the cache itself: a
+    language model ids [1, N] -> logits of the fed positions, its KV cache kept across
+    calls and cropped after rejections (`fed`: positions computed, `calls`: passes)."""
 
-    def __init__(self, model: LM):
-        self.model, self.cache = model, KVCache(model.cfg.n_layers)
-        self.seen, self.fed, self.calls = None, 0, 0
-
-    @torch.no_grad()
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        keep = 0
-        if self.seen is not None:
-            n = min(len(self.cache), ids.shape[1] - 1)        # feed at least one id
-            same = self.seen[0, :n] == ids[0, :n]
-            keep = n if bool(same.all()) else int(same.long().argmin())
-        self.cache.crop(keep)
-        self.seen, self.fed, self.calls = ids, self.fed + ids.shape[1] - keep, \
-            self.calls + 1
-        return self.model(ids[:, keep:], self.cache)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, self.cache)
 
 
 # The chapter's two trained models: the main one and the draft for speculative

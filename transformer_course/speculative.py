@@ -199,11 +199,15 @@ class CachedLM:
     is cropped back to that prefix (ids that changed, such as rejected drafts, are
     dropped), and returns the logits of the fed positions, [1, N_fed, |V|]: read them
     from the end. Positions must stay below the model's max_len. `fed` counts the
-    positions computed."""
+    positions computed, `calls` the forward passes. For another model, override
+    `forward` (its cached forward pass)."""
 
     def __init__(self, model: DecoderOnly):
         self.model, self.cache = model, KVCache(len(model.layers))
-        self.seen, self.fed = None, 0
+        self.seen, self.fed, self.calls = None, 0, 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return forward_cached(self.model, ids, self.cache)
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -214,7 +218,8 @@ class CachedLM:
             keep = n if bool(same.all()) else int(same.long().argmin())
         self.cache.crop(keep)                             # forget what was rejected
         self.seen, self.fed = ids, self.fed + ids.shape[1] - keep
-        return forward_cached(self.model, ids[:, keep:], self.cache)
+        self.calls += 1
+        return self.forward(ids[:, keep:])
 
 
 def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
