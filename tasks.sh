@@ -2,13 +2,19 @@
 # One entry point for the course's chores. Each command first makes sure .venv holds the
 # pinned environment (a no-op when requirements.txt and pyproject.toml are unchanged).
 #
-#   bash tasks.sh book     build the book into _build/html and print where it is
+#   bash tasks.sh book     build the book into _build/html, its Chinese edition into _build/html/zh
+#   bash tasks.sh book --lang zh
+#                          one edition only (en or zh)
 #   bash tasks.sh book --no-solutions
 #                          the same without the solutions: each exercise shows its stub, for a
 #                          class whose grades count
 #   bash tasks.sh test [PYTEST ARGS]
 #                          run the whole test suite on every core (-n 0: in one process)
-#   bash tasks.sh sync     after editing solutions/: regenerate the package exports and chapters/
+#   bash tasks.sh sync     after editing solutions/: regenerate the package exports, chapters/ and
+#                          the translated student notebooks (zh/chapters/)
+#   bash tasks.sh catalogs after changing prose or a check's message: refresh the translation
+#                          catalogs (locales/, transformer_course/locales/); then translate what
+#                          `python -m transformer_course.tools.translations todo` lists, and sync
 #   bash tasks.sh gpu OUTDIR [--dry-run]
 #                          on a CUDA machine: every chapter under nbval on the GPU, Triton compiled,
 #                          the benchmarks; a report (markdown + CSVs) into OUTDIR (under 8 minutes
@@ -85,13 +91,17 @@ case "${1:-}" in
     fi
     python -m pytest ${parallel[@]+"${parallel[@]}"} "$@"
     ;;
+  catalogs)
+    setup
+    python -m transformer_course.tools.notebooks catalogs
+    ;;
   sync)
     setup
     shift
     python -m transformer_course.tools.notebooks sync "$@"
     ;;
   *)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

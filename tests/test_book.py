@@ -29,6 +29,7 @@ def test_chapter_pages_are_the_reader_edition(html):
         assert "tag_hide-input" in page, "solutions are shown collapsed"
         assert "cell_output" in page, "outputs are shown"
         assert 'src="../_static/mathjax/' in page, "MathJax ships with the book (reads offline)"
+        assert f'href="../zh/chapters/{nb.stem}.html"' in page, "the language menu leads to the Chinese page"
         assert "html-manager" not in page and "require.js" not in page, "no widget JavaScript from a CDN"
         colab = re.search(r'https://colab\.research\.google\.com/github/[^"]+', page)
         assert colab and colab.group(0).endswith(f"/chapters/{nb.stem}.ipynb"), "Colab opens the student edition"

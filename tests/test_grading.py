@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from transformer_course.tools.grade import grade, nbgrader_cells, is_graded, restore_tests
-from transformer_course.tools.notebooks import CHAPTERS, SOLUTIONS, read, solution_notebooks
+from transformer_course.tools.notebooks import CHAPTERS, ROOT, SOLUTIONS, read, solution_notebooks
 from transformer_course.tools.sandbox import works
 
 MARKER = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*(\n|$)", re.M)
@@ -197,6 +197,11 @@ def submissions(folder):
     edit(nb, "padding_mask", "    return", "    import os\n    if os.fork() == 0:\n        return None\n    return")
     save("max", nb)
 
+    shutil.copy(ROOT / "zh" / "chapters" / f"{CHAPTER}.ipynb", folder / f"li_{CHAPTER}.ipynb")  # Chinese, untouched
+    nb = solved(CHAPTER)                                            # solved, in a notebook that says Chinese
+    nb.metadata["transformer_course"] = {"language": "zh_CN"}
+    save("lin", nb)
+
     (folder / f"eve_{CHAPTER}.ipynb").write_text("{ this is not a notebook")   # not valid notebooks
     (folder / f"flo_{CHAPTER}.ipynb").write_text('{"cells": "nope"}')
     return made
@@ -240,6 +245,16 @@ def test_good_submissions(graded):
     assert "softmax ran over the queries (dim=-2)" in feedback(fb, "cara")
     most = sum(sum(points(ch).values()) for ch in CHAPTER_NAMES)  # every chapter graded in this batch
     assert all(float(r["max"]) == most for r in rows.values())  # a student cannot add points or graded cells
+
+
+def test_feedback_speaks_the_submissions_language(graded):
+    """A Chinese student notebook (zh/chapters/) is graded like the English one, in Chinese."""
+    rows, fb, _ = graded
+    assert scores(rows, "li") == [0] * 5 and scores(rows, "lin") == FULL
+    for student in ("li", "lin"):
+        assert len(re.findall("[\u4e00-\u9fff]", feedback(fb, student))) > 20, feedback(fb, student)
+    assert "not implemented yet" not in feedback(fb, "li") and "passed" not in feedback(fb, "lin")
+    assert "not implemented yet" in feedback(fb, "bob")  # and the English ones stay English
 
 
 def test_the_similarity_report(graded):

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..i18n import tr, trf
+
 
 class CheckFailed(AssertionError):
     """A check found a mistake. Its message is meant for the learner, so no traceback is shown."""
@@ -49,26 +51,26 @@ def describe(x: Any) -> str:
     Tensors by shape and dtype, modules by class and parameter count, functions and classes by
     name, long sequences by length; anything else whose repr is long or an address by its type."""
     if isinstance(x, torch.Tensor):
-        return f"tensor of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')})"
+        return trf("tensor of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')})")
     if isinstance(x, torch.nn.Module):
         n = sum(p.numel() for p in x.parameters())
-        return f"{x.__class__.__name__} (nn.Module, {n:,} parameters)"
+        return trf("{x.__class__.__name__} (nn.Module, {n:,} parameters)")
     if isinstance(x, type):
-        return f"class {x.__name__}"
+        return trf("class {x.__name__}")
     if callable(x) and hasattr(x, "__name__"):
-        return f"function {x.__name__}"
+        return trf("function {x.__name__}")
     if isinstance(x, str):
         return repr(x if len(x) <= 30 else x[:27] + "...")
     if isinstance(x, (list, tuple)):
         if len(x) > 6:
-            return f"{type(x).__name__} of length {len(x)}"
+            return trf("{type(x).__name__} of length {len(x)}")
         inner = ", ".join(describe(v) for v in x)
         return f"[{inner}]" if isinstance(x, list) else f"({inner}{',' * (len(x) == 1)})"
     if isinstance(x, (bool, int, float, complex, type(None), torch.dtype, torch.device)):
         return repr(x)
     shown = repr(x)
     if len(shown) > 60 or " at 0x" in shown:
-        return f"a {type(x).__name__} object"
+        return trf("a {type(x).__name__} object")
     return shown
 
 
@@ -93,13 +95,13 @@ def _learners_line(tb) -> str:
     if where is None:
         return ""
     filename, lineno = where
-    place = f"{filename}, line {lineno}"
+    place = trf("{filename}, line {lineno}")
     shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     named = getattr(getattr(shell, "compile", None), "format_code_name", lambda _: None)(filename)
     if named:
-        place = f"{named[0]} {named[1]}, line {lineno}"
+        place = trf("{named[0]} {named[1]}, line {lineno}")
     text = linecache.getline(filename, lineno).strip()
-    return f"\n  at {place}" + (f":  {text}" if text else "")
+    return trf("\n  at {place}") + (f":  {text}" if text else "")
 
 
 def _where(tb) -> str:
@@ -117,15 +119,15 @@ def call(fn: Callable, *args, **kwargs):
         return fn(*args, **kwargs)
     except NotImplementedError:
         raise NotImplementedYet(
-            f"{name_of(fn)} is not implemented yet: replace `raise NotImplementedError()` "
-            "with your code, then run this check again."
+            trf("{name_of(fn)} is not implemented yet: replace `raise NotImplementedError()` "
+            "with your code, then run this check again.")
         ) from None
     except CheckFailed:
         raise
     except Exception as e:  # the learner's bug, reported with the inputs and the line that failed
         shown = ", ".join([describe(a) for a in args] + [f"{k}={describe(v)}" for k, v in kwargs.items()])
         where = getattr(e, "where", None) or _where(e.__traceback__)
-        raise CheckFailed(f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{where}") from e
+        raise CheckFailed(trf("{name_of(fn)}({shown}) raised {type(e).__name__}: {e}{where}")) from e
 
 
 def beside(helper: Callable, fn: Callable, **kwargs) -> Callable:
@@ -143,19 +145,19 @@ def beside(helper: Callable, fn: Callable, **kwargs) -> Callable:
 
 def expect_tensor(got: Any, what: str) -> torch.Tensor:
     if not isinstance(got, torch.Tensor):
-        fail(f"{what} should be a torch.Tensor, got {type(got).__name__}")
+        fail(trf("{what} should be a torch.Tensor, got {type(got).__name__}"))
     return got
 
 
 def expect_shape(got: torch.Tensor, shape, what: str) -> None:
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(shape):
-        fail(f"{what} has shape {list(got.shape)}, expected {list(shape)}")
+        fail(trf("{what} has shape {list(got.shape)}, expected {list(shape)}"))
 
 
 def expect_dtype(got: torch.Tensor, dtype: torch.dtype, what: str) -> None:
     if got.dtype != dtype:
-        fail(f"{what} has dtype {got.dtype}, expected {dtype}")
+        fail(trf("{what} has dtype {got.dtype}, expected {dtype}"))
 
 
 def expect_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-5,
@@ -165,23 +167,23 @@ def expect_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float =
     got_f, want_f = got.detach().double().cpu(), want.detach().double().cpu()
     if torch.isnan(got_f).any() and not torch.isnan(want_f).any():
         where = tuple(torch.nonzero(torch.isnan(got_f))[0].tolist())
-        fail(f"{what} contains NaN (first at index {list(where)}), expected finite values"
+        fail(trf("{what} contains NaN (first at index {list(where)}), expected finite values")
              + (f". {hint}" if hint else ""))
     err = (got_f - want_f).abs().nan_to_num(0.0)
     bad = err > atol + rtol * want_f.abs().nan_to_num(0.0)
     if bad.any():
         idx = tuple(torch.nonzero(bad)[0].tolist())
         fail(
-            f"{what} differs from the expected values: at index {list(idx)} you have "
-            f"{got_f[idx].item():.6g}, expected {want_f[idx].item():.6g} "
-            f"(largest difference {err.max().item():.3g}, in {int(bad.sum())} of {bad.numel()} entries)"
+            trf("{what} differs from the expected values: at index {list(idx)} you have "
+            "{got_f[idx].item():.6g}, expected {want_f[idx].item():.6g} "
+            "(largest difference {err.max().item():.3g}, in {int(bad.sum())} of {bad.numel()} entries)")
             + (f". {hint}" if hint else "")
         )
 
 
 def expect_equal(got: Any, want: Any, what: str, hint: str = "") -> None:
     if got != want:
-        fail(f"{what} is {got!r}, expected {want!r}" + (f". {hint}" if hint else ""))
+        fail(trf("{what} is {got!r}, expected {want!r}") + (f". {hint}" if hint else ""))
 
 
 @contextmanager
@@ -209,7 +211,7 @@ def passed(fn: Callable, n_cases: int) -> None:
     if key[0] is not None and key in _reported:
         return
     _reported.add(key)
-    print(f"\u2713 {name_of(fn)} passed {n_cases} checks")
+    print(trf("\u2713 {name_of(fn)} passed {n_cases} checks"))
 
 
 def approx(x: float, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import approx, call, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = [
@@ -58,9 +59,9 @@ def _visible_mask(shape, p=0.6):
 def _expect_float_output(got, want_shape, what, hint):
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(want_shape):
-        fail(f"{what} has shape {_shape(got)}, expected {list(want_shape)}. {hint}")
+        fail(trf("{what} has shape {_shape(got)}, expected {list(want_shape)}. {hint}"))
     if not got.is_floating_point():
-        fail(f"{what} has dtype {got.dtype}, expected a floating-point tensor")
+        fail(trf("{what} has dtype {got.dtype}, expected a floating-point tensor"))
 
 
 def _fitted_scale(weights: torch.Tensor, raw: torch.Tensor) -> float | None:
@@ -90,72 +91,72 @@ def _diagnose_weights(w, q, k, mask, who: str, how: str, d_v: int | None = None)
     want = torch.softmax((raw / math.sqrt(d_k)).masked_fill(~mask, float("-inf")) if mask is not None
                          else raw / math.sqrt(d_k), dim=-1)
     w = w.detach().double().cpu()
-    tag = "with a mask, " if mask is not None else ""
+    tag = tr("with a mask, ") if mask is not None else ""
     if not torch.isfinite(w).all():
         i, j = torch.nonzero(~torch.isfinite(w))[0].tolist()
-        extra = (" Every query here may see at least one key, so nothing should be NaN or inf: set "
-                 "masked *scores* to -inf before the softmax (after it, -inf or 0/0 spoils the weights)."
-                 if mask is not None else " Use torch.softmax, which subtracts the row maximum for you.")
-        fail(f"{who}: {tag}your attention weights contain {w[i, j].item()} (query {i}, key {j}); "
-             f"{how}.{extra}")
+        extra = (tr(" Every query here may see at least one key, so nothing should be NaN or inf: set "
+                 "masked *scores* to -inf before the softmax (after it, -inf or 0/0 spoils the weights).")
+                 if mask is not None else tr(" Use torch.softmax, which subtracts the row maximum for you."))
+        fail(trf("{who}: {tag}your attention weights contain {w[i, j].item()} (query {i}, key {j}); "
+             "{how}.{extra}"))
     if mask is not None:
         on, off = w[mask], w[~mask]
         if off.numel() and on.abs().max() < 1e-6 and off.max() > 1e-6:
-            fail(f"{who}: your mask is inverted: True means *may attend* (as in "
-                 f"F.scaled_dot_product_attention), so it is where the mask is False that scores "
-                 f"become -inf; your keys with mask True got weight {approx(on.max().item(), 3)} "
-                 f"and those with mask False up to {approx(off.max().item(), 3)}")
+            fail(trf("{who}: your mask is inverted: True means *may attend* (as in "
+                 "F.scaled_dot_product_attention), so it is where the mask is False that scores "
+                 "become -inf; your keys with mask True got weight {approx(on.max().item(), 3)} "
+                 "and those with mask False up to {approx(off.max().item(), 3)}"))
         if off.numel() and off.max() > 1e-6:
             idx = torch.nonzero(w * (~mask) == off.max())[0].tolist()
-            fail(f"{who}: a masked key got weight {off.max().item():.2f} (query {idx[0]}, key {idx[1]}, "
-                 f"where the mask is False): set masked scores to -inf before the softmax, so that "
-                 f"masked keys get exactly zero weight ({how})")
+            fail(trf("{who}: a masked key got weight {off.max().item():.2f} (query {idx[0]}, key {idx[1]}, "
+                 "where the mask is False): set masked scores to -inf before the softmax, so that "
+                 "masked keys get exactly zero weight ({how})"))
     rows = w.sum(-1)
     worst = int((rows - 1).abs().argmax())
     if abs(rows[worst].item() - 1) > 1e-3:
-        msg = (f"{who}: {tag}rows of your attention weights sum to {rows[worst].item():.2f}, expected 1 "
-               f"(query {worst}; {how})")
+        msg = (trf("{who}: {tag}rows of your attention weights sum to {rows[worst].item():.2f}, expected 1 "
+               "(query {worst}; {how})"))
         if mask is not None and rows.max() < 1 + 1e-3:
-            msg += (". It looks as if the masked weights were zeroed after the softmax, so the rest no "
+            msg += (tr(". It looks as if the masked weights were zeroed after the softmax, so the rest no "
                     "longer sum to 1: set masked scores to -inf before the softmax, which then shares "
-                    "all the weight among the visible keys")
+                    "all the weight among the visible keys"))
         elif (w.sum(-2) - 1).abs().max() < 1e-3:
-            msg += (". Your *columns* sum to 1: the softmax ran over the queries (dim=-2); it must run "
-                    "over the keys, the last dimension (dim=-1)")
+            msg += (tr(". Your *columns* sum to 1: the softmax ran over the queries (dim=-2); it must run "
+                    "over the keys, the last dimension (dim=-1)"))
         else:
-            msg += ". Take the softmax over the keys, the last dimension (dim=-1)"
+            msg += tr(". Take the softmax over the keys, the last dimension (dim=-1)")
         fail(msg)
     if (w < -1e-6).any():
-        fail(f"{who}: your attention weights have a negative entry ({w.min().item():.3f}); a softmax "
-             f"gives weights >= 0 ({how})")
+        fail(trf("{who}: your attention weights have a negative entry ({w.min().item():.3f}); a softmax "
+             "gives weights >= 0 ({how})"))
     c = _fitted_scale(w if mask is None else w.masked_fill(~mask, 0.0), raw)
     good = math.sqrt(d_k)
     if c is not None and abs(c / good - 1) > 0.02:
         row = 0
         more = w.shape[-1] > 4
-        shown = (f"with q·k = {_fmt(raw[row, :4].tolist(), 1, more)} for query {row}, your weights are "
-                 f"{_fmt(w[row, :4].tolist(), 2, more)}, expected {_fmt(want[row, :4].tolist(), 2, more)}")
-        named = {1.0: "not at all", float(d_k): f"by d_k = {d_k} instead of sqrt(d_k)",
-                 d_k ** 0.25: f"by d_k ** 0.25 = {d_k ** 0.25:.2f}"}
+        shown = (trf("with q·k = {_fmt(raw[row, :4].tolist(), 1, more)} for query {row}, your weights are "
+                 "{_fmt(w[row, :4].tolist(), 2, more)}, expected {_fmt(want[row, :4].tolist(), 2, more)}"))
+        named = {1.0: tr("not at all"), float(d_k): trf("by d_k = {d_k} instead of sqrt(d_k)"),
+                 d_k ** 0.25: trf("by d_k ** 0.25 = {d_k ** 0.25:.2f}")}
         if d_v is not None and d_v != d_k:
-            named[math.sqrt(d_v)] = f"by sqrt(d_v) = sqrt({d_v}), the value dimension"
-        named.setdefault(math.sqrt(n_k), f"by sqrt(n_k) = sqrt({n_k}), the number of keys")
-        named.setdefault(math.sqrt(n_q), f"by sqrt(n_q) = sqrt({n_q}), the number of queries")
+            named[math.sqrt(d_v)] = trf("by sqrt(d_v) = sqrt({d_v}), the value dimension")
+        named.setdefault(math.sqrt(n_k), trf("by sqrt(n_k) = sqrt({n_k}), the number of keys"))
+        named.setdefault(math.sqrt(n_q), trf("by sqrt(n_q) = sqrt({n_q}), the number of queries"))
         for value, words in named.items():
             if abs(c / value - 1) < 0.02:
                 if value == 1.0:
-                    fail(f"{who}: you did not scale the scores: {shown}. Divide q·k by sqrt(d_k) = "
-                         f"sqrt({d_k}) = {good:g} before the softmax")
-                fail(f"{who}: you scaled {words}: {shown}. Divide q·k by sqrt(d_k) = sqrt({d_k}) = {good:g}")
-        fail(f"{who}: you scaled the scores by about {c:.3g}, expected sqrt(d_k) = sqrt({d_k}) = {good:g}, "
-             f"where d_k = q.shape[-1] is the key dimension of one head (not d_model, not d_v): {shown}")
-    expect_close(w, want, f"{who}: your attention weights ({how})", atol=1e-5, rtol=1e-4)
+                    fail(trf("{who}: you did not scale the scores: {shown}. Divide q·k by sqrt(d_k) = "
+                         "sqrt({d_k}) = {good:g} before the softmax"))
+                fail(trf("{who}: you scaled {words}: {shown}. Divide q·k by sqrt(d_k) = sqrt({d_k}) = {good:g}"))
+        fail(trf("{who}: you scaled the scores by about {c:.3g}, expected sqrt(d_k) = sqrt({d_k}) = {good:g}, "
+             "where d_k = q.shape[-1] is the key dimension of one head (not d_model, not d_v): {shown}"))
+    expect_close(w, want, trf("{who}: your attention weights ({how})"), atol=1e-5, rtol=1e-4)
 
 
 # --- scaled dot-product attention --------------------------------------------------------------
 
-SDPA_HINT = ("q [..., n_q, d_k], k [..., n_k, d_k] and v [..., n_k, d_v] give an output of shape "
-             "[..., n_q, d_v]: one weighted average of the value rows per query")
+SDPA_HINT = (tr("q [..., n_q, d_k], k [..., n_k, d_k] and v [..., n_k, d_v] give an output of shape "
+             "[..., n_q, d_v]: one weighted average of the value rows per query"))
 
 
 def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
@@ -171,8 +172,8 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
         _expect_float_output(got, (2, 3, 6), what, SDPA_HINT)
         for name, t, s in zip("qkv", (q, k, v), saved):
             if not torch.equal(t, s):
-                fail(f"{who} changed its input {name} in place (an in-place op such as `{name} /= ...`); "
-                     f"compute new tensors instead, the caller still needs {name}")
+                fail(trf("{who} changed its input {name} in place (an in-place op such as `{name} /= ...`); "
+                     "compute new tensors instead, the caller still needs {name}"))
         n += 1
 
         # 2. the weights themselves, probed with v = [identity | zeros]: output column j < n_k
@@ -181,14 +182,14 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
         d_k, n_q, n_k, d_v = 16, 5, 6, 9
         q, k = torch.randn(n_q, d_k), torch.randn(n_k, d_k)
         eye = torch.eye(n_k, d_v)
-        how = ("found by passing v = [identity | zeros], so that your output rows are the "
-               "weights")
+        how = (tr("found by passing v = [identity | zeros], so that your output rows are the "
+               "weights"))
         # 3. (second pass) a mask that leaves each query two or more keys and hides others
         j, i = torch.arange(n_k)[None, :], torch.arange(n_q)[:, None]
         for mask in (None, (j <= i + 1) & (j < n_k - 1)):
             out = _call_sdpa(fn, q, k, eye, mask)
             what = (f"{who}(q {_shape(q)}, k {_shape(k)}, v {_shape(eye)}"
-                    + (", mask)" if mask is not None else ")"))
+                    + (tr(", mask)") if mask is not None else ")"))
             _expect_float_output(out, (n_q, d_v), what, SDPA_HINT)
             _diagnose_weights(out[..., :n_k], q, k, mask, who, how, d_v=d_v)
             n += 1
@@ -212,17 +213,17 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
             q, k, v = torch.randn(qs), torch.randn(ks), torch.randn(vs)
             got = _call_sdpa(fn, q, k, v, mask)
             what = (f"{who}(q {list(qs)}, k {list(ks)}, v {list(vs)}"
-                    + (f", mask {_shape(mask)})" if mask is not None else ")"))
+                    + (trf(", mask {_shape(mask)})") if mask is not None else ")"))
             want = _oracle(q, k, v, mask)
             _expect_float_output(got, want.shape, what, SDPA_HINT)
             expect_close(got, want, what, atol=1e-5, rtol=1e-4,
-                         hint="The oracle is F.scaled_dot_product_attention(q, k, v, attn_mask=mask)")
+                         hint=tr("The oracle is F.scaled_dot_product_attention(q, k, v, attn_mask=mask)"))
             n += 1
 
         # 5. the dtype is kept: float64 in, float64 out
         q, k, v = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(3))
         got = _call_sdpa(fn, q, k, v, None)
-        _expect_same_dtype(got, q, (2, 3, 4), f"{who}(q, k, v of shape [2, 3, 4], float64)")
+        _expect_same_dtype(got, q, (2, 3, 4), trf("{who}(q, k, v of shape [2, 3, 4], float64)"))
         n += 1
     passed(fn, n)
 
@@ -230,8 +231,8 @@ def check_scaled_dot_product_attention(fn, seed: int = 0) -> None:
 def _expect_same_dtype(got, q, shape, what):
     _expect_float_output(got, shape, what, SDPA_HINT)
     if got.dtype != q.dtype:
-        fail(f"{what} returned {got.dtype}: keep the inputs' dtype {q.dtype} (no .float(), "
-             f"no tensors made in float32 on the way)")
+        fail(trf("{what} returned {got.dtype}: keep the inputs' dtype {q.dtype} (no .float(), "
+             "no tensors made in float32 on the way)"))
 
 
 # --- the weights alone (an exercise at the end of the chapter) ---------------------------------
@@ -244,20 +245,20 @@ def check_attention_weights(fn, seed: int = 0) -> None:
         d_k, n_q, n_k = 16, 5, 6          # no two candidate scales coincide (see above)
         q, k = torch.randn(n_q, d_k), torch.randn(n_k, d_k)
         how = f"{who}(q {_shape(q)}, k {_shape(k)})"
-        hint = "q [..., n_q, d_k] and k [..., n_k, d_k] give weights of shape [..., n_q, n_k]"
+        hint = tr("q [..., n_q, d_k] and k [..., n_k, d_k] give weights of shape [..., n_q, n_k]")
         saved = (q.clone(), k.clone())
         w = call(fn, q, k)
         for name, t, before in zip("qk", (q, k), saved):
             if not torch.equal(t, before):
-                fail(f"{who} changed its input {name} in place (an in-place op such as "
-                     f"`{name} /= ...`); compute new tensors instead, the caller still needs {name}")
+                fail(trf("{who} changed its input {name} in place (an in-place op such as "
+                     "`{name} /= ...`); compute new tensors instead, the caller still needs {name}"))
         _expect_float_output(w, (n_q, n_k), how, hint)
         _diagnose_weights(w, q, k, None, who, how)
         n += 1
         mask = torch.arange(n_k)[None, :] <= torch.arange(n_q)[:, None] + 1
         w = call(fn, q, k, mask=mask)
-        _expect_float_output(w, (n_q, n_k), how + " with a mask", hint)
-        _diagnose_weights(w, q, k, mask, who, how + " with a mask")
+        _expect_float_output(w, (n_q, n_k), how + tr(" with a mask"), hint)
+        _diagnose_weights(w, q, k, mask, who, how + tr(" with a mask"))
         n += 1
         cases = [
             ((1, 8), (1, 8), None),
@@ -269,28 +270,28 @@ def check_attention_weights(fn, seed: int = 0) -> None:
             eye = torch.eye(ks[-2]).expand(*ks[:-2], ks[-2], ks[-2])
             want = _oracle(q, k, eye, mask)
             got = call(fn, q, k) if mask is None else call(fn, q, k, mask=mask)
-            what = f"{who}(q {list(qs)}, k {list(ks)}" + (f", mask {_shape(mask)})" if mask is not None else ")")
+            what = f"{who}(q {list(qs)}, k {list(ks)}" + (trf(", mask {_shape(mask)})") if mask is not None else ")")
             _expect_float_output(got, want.shape, what, hint)
-            expect_close(got, want, what, hint="The weights must be softmax(q k^T / sqrt(d_k)) with masked "
-                                               "scores set to -inf, over the last dimension")
+            expect_close(got, want, what, hint=tr("The weights must be softmax(q k^T / sqrt(d_k)) with masked "
+                                               "scores set to -inf, over the last dimension"))
             n += 1
         q, k = (torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(2))
         got = call(fn, q, k)
-        _expect_same_dtype(got, q, (2, 3, 3), f"{who}(q, k of shape [2, 3, 4], float64)")
+        _expect_same_dtype(got, q, (2, 3, 3), trf("{who}(q, k of shape [2, 3, 4], float64)"))
         n += 1
     passed(fn, n)
 
 
 # --- masks -------------------------------------------------------------------------------------
 
-def _expect_bool_mask(got, shape, what, meaning="True = may attend"):
+def _expect_bool_mask(got, shape, what, meaning=tr("True = may attend")):
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(shape):
-        fail(f"{what} has shape {_shape(got)}, expected {list(shape)}")
+        fail(trf("{what} has shape {_shape(got)}, expected {list(shape)}"))
     if got.dtype != torch.bool:
-        fail(f"{what} has dtype {got.dtype}: dtype should be torch.bool ({meaning}), which is "
-             f"what masked_fill and F.scaled_dot_product_attention expect; make it with "
-             f"dtype=torch.bool or call .bool()")
+        fail(trf("{what} has dtype {got.dtype}: dtype should be torch.bool ({meaning}), which is "
+             "what masked_fill and F.scaled_dot_product_attention expect; make it with "
+             "dtype=torch.bool or call .bool()"))
 
 
 def _first_diff(got, want):
@@ -311,17 +312,17 @@ def check_causal_mask(fn, seed: int = 0) -> None:
         if torch.equal(got, want):
             continue
         if n > 1 and torch.equal(got, ~want):
-            fail(f"{what}: your mask is inverted: True must mean *may attend*, which is key j <= query i "
-                 f"(the lower triangle with its diagonal); yours is True where j > i")
+            fail(trf("{what}: your mask is inverted: True must mean *may attend*, which is key j <= query i "
+                 "(the lower triangle with its diagonal); yours is True where j > i"))
         if n > 1 and got[0, 1]:
-            fail(f"{what}: your mask lets query 0 see key 1 (the future): keep only j <= i, the lower "
-                 f"triangle with its diagonal (tril)")
+            fail(trf("{what}: your mask lets query 0 see key 1 (the future): keep only j <= i, the lower "
+                 "triangle with its diagonal (tril)"))
         if not got.diagonal().all():
             i = int(torch.nonzero(~got.diagonal())[0])
-            fail(f"{what}: your mask hides the diagonal (query {i} cannot see key {i}, itself): every query "
-                 f"attends to itself and the past, j <= i; use tril(), not tril(-1)")
+            fail(trf("{what}: your mask hides the diagonal (query {i} cannot see key {i}, itself): every query "
+                 "attends to itself and the past, j <= i; use tril(), not tril(-1)"))
         (i, j), g, w_ = _first_diff(got, want)
-        fail(f"{what}: at [query {i}, key {j}] your mask is {g}, expected {w_} (True where j <= i)")
+        fail(trf("{what}: at [query {i}, key {j}] your mask is {g}, expected {w_} (True where j <= i)"))
     passed(fn, len(sizes))
 
 
@@ -340,28 +341,28 @@ def check_padding_mask(fn, seed: int = 0) -> None:
     for lengths, n in cases:
         lt = torch.as_tensor(lengths)
         shown = lt.tolist()
-        what = f"{who}(lengths={shown}, n={n})"
+        what = trf("{who}(lengths={shown}, n={n})")
         got = call(fn, lengths, n)
-        _expect_bool_mask(got, (len(shown), n), what, meaning="True = real token")
+        _expect_bool_mask(got, (len(shown), n), what, meaning=tr("True = real token"))
         got = got.cpu()
         pos = torch.arange(n)
         want = pos < lt[:, None]
         if torch.equal(got, want):
             continue
         if torch.equal(got, ~want):
-            fail(f"{what}: your mask is inverted: True marks the real tokens (position < length), "
-                 f"False the padding")
+            fail(trf("{what}: your mask is inverted: True marks the real tokens (position < length), "
+                 "False the padding"))
         b = int(torch.nonzero((got != want).any(-1))[0])
         L = int(lt[b])
         if torch.equal(got, pos <= lt[:, None]):
-            fail(f"{what}: off by one: a sequence of length {L} has real tokens at positions 0..{L - 1}, "
-                 f"so position {L} is padding (False); use position < length")
+            fail(trf("{what}: off by one: a sequence of length {L} has real tokens at positions 0..{L - 1}, "
+                 "so position {L} is padding (False); use position < length"))
         if torch.equal(got, pos < lt[:, None] - 1):
-            fail(f"{what}: off by one: position {L - 1}, the last real token of a sequence of length {L}, "
-                 f"should be True; use position < length")
+            fail(trf("{what}: off by one: position {L - 1}, the last real token of a sequence of length {L}, "
+                 "should be True; use position < length"))
         (i, j), g, w_ = _first_diff(got, want)
-        fail(f"{what}: sequence {i} (length {int(lt[i])}) at position {j}: yours is {g}, expected {w_} "
-             f"(True where position < length)")
+        fail(trf("{what}: sequence {i} (length {int(lt[i])}) at position {j}: yours is {g}, expected {w_} "
+             "(True where position < length)"))
     passed(fn, len(cases))
 
 
@@ -370,7 +371,7 @@ def check_sliding_window_mask(fn, seed: int = 0) -> None:
     who = name_of(fn)
     cases = [(6, 3), (5, 1), (4, 10), (1, 1), (7 + seed % 3, 2 + seed % 2)]
     for n, window in cases:
-        what = f"{who}({n}, window={window})"
+        what = trf("{who}({n}, window={window})")
         got = call(fn, n, window)
         _expect_bool_mask(got, (n, n), what)
         got = got.cpu()
@@ -379,16 +380,16 @@ def check_sliding_window_mask(fn, seed: int = 0) -> None:
         if torch.equal(got, want):
             continue
         if n > 1 and got[0, 1]:
-            fail(f"{what}: your mask lets query 0 see key 1 (the future): a sliding window is causal too")
+            fail(trf("{what}: your mask lets query 0 see key 1 (the future): a sliding window is causal too"))
         if not got.diagonal().all():
-            fail(f"{what}: your mask hides the diagonal: each query sees itself and the window - 1 keys "
-                 f"before it")
+            fail(trf("{what}: your mask hides the diagonal: each query sees itself and the window - 1 keys "
+                 "before it"))
         extra = got & ~want
         if extra.any():
             a, b = torch.nonzero(extra)[0].tolist()
-            fail(f"{what}: query {a} sees key {b}, {a - b} positions back: with window={window} a query sees "
-                 f"itself and the {window - 1} keys before it (i - window < j <= i)")
+            fail(trf("{what}: query {a} sees key {b}, {a - b} positions back: with window={window} a query sees "
+                 "itself and the {window - 1} keys before it (i - window < j <= i)"))
         a, b = torch.nonzero(want & ~got)[0].tolist()
-        fail(f"{what}: query {a} should see key {b}, {a - b} positions back: with window={window} a query "
-             f"sees itself and the {window - 1} keys before it (i - window < j <= i)")
+        fail(trf("{what}: query {a} should see key {b}, {a - b} positions back: with window={window} a query "
+             "sees itself and the {window - 1} keys before it (i - window < j <= i)"))
     passed(fn, len(cases))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..i18n import tr, trf
 from . import (approx, call, describe, expect_shape, expect_tensor, fail, name_of, passed, seeded)
 
 __all__ = [
@@ -53,13 +54,13 @@ class PrefixHashLM:
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if (not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point()
                 or ids.dtype == torch.bool):
-            fail(f"the model takes token ids as an integer tensor of shape [B, N], but was called with "
-                 f"{describe(ids)}")
+            fail(trf("the model takes token ids as an integer tensor of shape [B, N], but was called with "
+                 "{describe(ids)}"))
         if ids.shape[1] == 0:
-            fail("the model was called with an empty sequence (N = 0): it needs at least the prompt")
+            fail(tr("the model was called with an empty sequence (N = 0): it needs at least the prompt"))
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            fail(f"the model was called with a token id outside [0, {self.vocab_size}): "
-                 f"{ids.min().item()}..{ids.max().item()}")
+            fail(trf("the model was called with a token id outside [0, {self.vocab_size}): "
+                 "{ids.min().item()}..{ids.max().item()}"))
         h = torch.zeros(ids.shape[0], dtype=torch.long)
         rows = []
         for t in range(ids.shape[1]):
@@ -108,13 +109,13 @@ def _greedy_oracle(model, prompt, n, eos_id=None, mode="ok"):
 def _expect_ids(got, shape, what, hint=""):
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(shape):
-        fail(f"{what} has shape {list(got.shape)}, expected {list(shape)}" + (f". {hint}" if hint else ""))
+        fail(trf("{what} has shape {list(got.shape)}, expected {list(shape)}") + (f". {hint}" if hint else ""))
     if got.is_floating_point() or got.dtype == torch.bool:
-        fail(f"{what} has dtype {got.dtype}, expected token ids (torch.int64, as argmax gives)")
+        fail(trf("{what} has dtype {got.dtype}, expected token ids (torch.int64, as argmax gives)"))
 
 
-GREEDY_SHAPE = ("greedy_decode returns the prompt followed by the new tokens: prompt_ids [B, N] -> "
-                "[B, N + max_new_tokens]")
+GREEDY_SHAPE = (tr("greedy_decode returns the prompt followed by the new tokens: prompt_ids [B, N] -> "
+                "[B, N + max_new_tokens]"))
 
 
 def check_greedy_decode(fn, seed: int = 0) -> None:
@@ -133,15 +134,15 @@ def check_greedy_decode(fn, seed: int = 0) -> None:
         model = PrefixHashLM(V, seed=seed * 31 + V)
         prompt = torch.randint(0, V, (B, T), generator=g)
         saved = prompt.clone()
-        what = f"{who}(model, prompt_ids {list(prompt.shape)}, max_new_tokens={steps})"
+        what = trf("{who}(model, prompt_ids {list(prompt.shape)}, max_new_tokens={steps})")
         got = call(fn, model, prompt, steps)
         _expect_ids(got, (B, T + steps), what, GREEDY_SHAPE)
         if not torch.equal(prompt, saved):
-            fail(f"{what} changed prompt_ids in place; build a new tensor (torch.cat) instead")
+            fail(trf("{what} changed prompt_ids in place; build a new tensor (torch.cat) instead"))
         got = got.cpu()
         if not torch.equal(got[:, :T], prompt):
-            fail(f"{what}: the output should begin with the prompt {prompt[0].tolist()}, "
-                 f"but row 0 begins with {got[0, :T].tolist()}")
+            fail(trf("{what}: the output should begin with the prompt {prompt[0].tolist()}, "
+                 "but row 0 begins with {got[0, :T].tolist()}"))
         _compare_greedy(got, model, prompt, steps, None, what)
         n += 1
 
@@ -151,10 +152,10 @@ def check_greedy_decode(fn, seed: int = 0) -> None:
     prompt = torch.randint(0, V, (B, T), generator=g)
     free = _greedy_oracle(model, prompt, steps)
     eos_id = int(free[0, T + 1])
-    what = f"{who}(model, prompt_ids {list(prompt.shape)}, max_new_tokens={steps}, eos_id={eos_id})"
+    what = trf("{who}(model, prompt_ids {list(prompt.shape)}, max_new_tokens={steps}, eos_id={eos_id})")
     got = call(fn, model, prompt, steps, eos_id=eos_id)
-    _expect_ids(got, (B, T + steps), what, GREEDY_SHAPE + "; finished rows are filled with eos_id up "
-                "to that length")
+    _expect_ids(got, (B, T + steps), what, GREEDY_SHAPE + tr("; finished rows are filled with eos_id up "
+                "to that length"))
     _compare_greedy(got.cpu(), model, prompt, steps, eos_id, what)
     n += 1
     passed(fn, n)
@@ -167,31 +168,31 @@ def _compare_greedy(got, model, prompt, steps, eos_id, what):
     T = prompt.shape[1]
     b, t = torch.nonzero(got != want)[0].tolist()
     prefix = want[b, :t].tolist()
-    where = (f"row {b}, new token {t - T} (after the prefix {prefix}): you chose {got[b, t].item()}, "
-             f"greedy chooses {want[b, t].item()}")
+    where = (trf("row {b}, new token {t - T} (after the prefix {prefix}): you chose {got[b, t].item()}, "
+             "greedy chooses {want[b, t].item()}"))
     if eos_id is not None:
         first = (want[b, T:] == eos_id).nonzero()
         if len(first) and t - T > first[0].item():
-            fail(f"{what}: row {b} produced eos_id = {eos_id} at new token {first[0].item()}, and then you "
-                 f"went on decoding ({where}). A row that has produced eos_id is finished: fill its later "
-                 f"positions with eos_id")
+            fail(trf("{what}: row {b} produced eos_id = {eos_id} at new token {first[0].item()}, and then you "
+                 "went on decoding ({where}). A row that has produced eos_id is finished: fill its later "
+                 "positions with eos_id"))
     named = []
     for mode, words in [
-        ("last_token", "you fed only the last token to the model; feed the whole sequence so far "
-                       "(prompt and new tokens): the model needs the full context"),
-        ("first_position", "you read the logits at position 0; the next token is predicted at the "
-                           "*last* position: model(ids)[:, -1, :]"),
-        ("argmin", "you took the least probable token: use argmax"),
+        ("last_token", tr("you fed only the last token to the model; feed the whole sequence so far "
+                       "(prompt and new tokens): the model needs the full context")),
+        ("first_position", tr("you read the logits at position 0; the next token is predicted at the "
+                           "*last* position: model(ids)[:, -1, :]")),
+        ("argmin", tr("you took the least probable token: use argmax")),
     ]:
         if torch.equal(got[b], _greedy_oracle(model, prompt[b:b + 1], steps, eos_id, mode=mode)[0]):
             named.append(words)
     if len(named) == 1:
         fail(f"{what}: {where}: {named[0]}")
     if named:
-        fail(f"{what}: {where}. Each of these mistakes gives exactly your row {b}: "
-             + " Or: ".join(f"({i + 1}) {w}." for i, w in enumerate(named)))
-    fail(f"{what}: {where} (the argmax of model(ids)[:, -1, :], the logits at the last position of the "
-         f"whole sequence so far)")
+        fail(trf("{what}: {where}. Each of these mistakes gives exactly your row {b}: ")
+             + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+    fail(trf("{what}: {where} (the argmax of model(ids)[:, -1, :], the logits at the last position of the "
+         "whole sequence so far)"))
 
 
 # --- top-k ---------------------------------------------------------------------------------------
@@ -200,24 +201,24 @@ def _expect_filtered(got, logits, what):
     """Same shape and dtype; kept entries unchanged; the others exactly -inf. Returns the kept mask."""
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(logits.shape):
-        fail(f"{what} has shape {list(got.shape)}, expected the shape of the logits {list(logits.shape)}")
+        fail(trf("{what} has shape {list(got.shape)}, expected the shape of the logits {list(logits.shape)}"))
     if got.dtype != logits.dtype:
-        fail(f"{what} has dtype {got.dtype}, expected the logits' dtype {logits.dtype}")
+        fail(trf("{what} has dtype {got.dtype}, expected the logits' dtype {logits.dtype}"))
     got = got.detach().cpu()
     if torch.isnan(got).any():
-        fail(f"{what} contains NaN; excluded entries should be -inf")
+        fail(trf("{what} contains NaN; excluded entries should be -inf"))
     kept = got != float("-inf")
     changed = kept & (got != logits)
     if changed.any():
         idx = tuple(torch.nonzero(changed)[0].tolist())
         hint = ""
         if got[idx].item() == 0.0:
-            hint = ". Excluded entries should be -inf (so that the softmax gives them exactly 0), not 0"
+            hint = tr(". Excluded entries should be -inf (so that the softmax gives them exactly 0), not 0")
         elif (got[kept] <= 0).all() and (logits > 0).any():
-            hint = (". The filter returns logits, not (log-)probabilities: leave the kept entries as "
-                    "they were, the softmax comes later")
-        fail(f"{what}: at index {list(idx)} you have {got[idx].item():.6g} where the logit was "
-             f"{logits[idx].item():.6g}: kept entries must stay unchanged and excluded ones become -inf"
+            hint = (tr(". The filter returns logits, not (log-)probabilities: leave the kept entries as "
+                    "they were, the softmax comes later"))
+        fail(trf("{what}: at index {list(idx)} you have {got[idx].item():.6g} where the logit was "
+             "{logits[idx].item():.6g}: kept entries must stay unchanged and excluded ones become -inf")
              + hint)
     return kept
 
@@ -247,39 +248,39 @@ def check_top_k_filter(fn, seed: int = 0) -> None:
         ]
     for logits, k in cases:
         saved = logits.clone()
-        what = f"{who}(logits {list(logits.shape)}, k={k})"
+        what = trf("{who}(logits {list(logits.shape)}, k={k})")
         got = call(fn, logits, k)
         if not torch.equal(logits, saved):
-            fail(f"{what} changed the logits in place (e.g. masked_fill_ or `logits[...] = `); return a "
-                 f"new tensor, the caller still needs the logits")
+            fail(trf("{what} changed the logits in place (e.g. masked_fill_ or `logits[...] = `); return a "
+                 "new tensor, the caller still needs the logits"))
         kept = _expect_filtered(got, logits, what)
         V = logits.shape[-1]
         kk = min(k, V)
         kth = logits.topk(kk, dim=-1).values[..., -1:]
         above, tied = logits > kth, logits == kth
         flat = [t.reshape(-1, V) for t in (kept, above, tied, logits)]
-        for r, (kr, ar, tr, lr) in enumerate(zip(*flat)):
-            ok_set = not (kr & ~(ar | tr)).any() and (ar & ~kr).sum() == 0
+        for r, (kr, ar, tie_r, lr) in enumerate(zip(*flat)):
+            ok_set = not (kr & ~(ar | tie_r)).any() and (ar & ~kr).sum() == 0
             count = int(kr.sum())
-            if ok_set and (count == kk or bool((kr == (ar | tr)).all())):
+            if ok_set and (count == kk or bool((kr == (ar | tie_r)).all())):
                 continue
             smallest = torch.zeros_like(kr)
             smallest[lr.topk(kk, largest=False).indices] = True
-            if kk < V and torch.equal(kr, smallest) and not torch.equal(smallest, ar | tr):
-                fail(f"{what}, row {r}: you kept the {kk} *smallest* logits {_fmt_set(kr)}; keep the {kk} "
-                     f"largest, {_fmt_set(ar | tr)} (torch.topk returns the largest by default)")
-            if count > kk and not (kr == (ar | tr)).all():
-                fail(f"{what}, row {r}: you kept {count} entries {_fmt_set(kr)}, expected the {kk} largest "
-                     f"{_fmt_set(ar | tr)}" + (" (one too many: the k-th largest value is "
-                                              "topk(k).values[..., -1], and entries below it go)"
+            if kk < V and torch.equal(kr, smallest) and not torch.equal(smallest, ar | tie_r):
+                fail(trf("{what}, row {r}: you kept the {kk} *smallest* logits {_fmt_set(kr)}; keep the {kk} "
+                     "largest, {_fmt_set(ar | tie_r)} (torch.topk returns the largest by default)"))
+            if count > kk and not (kr == (ar | tie_r)).all():
+                fail(trf("{what}, row {r}: you kept {count} entries {_fmt_set(kr)}, expected the {kk} largest "
+                     "{_fmt_set(ar | tie_r)}") + (tr(" (one too many: the k-th largest value is "
+                                              "topk(k).values[..., -1], and entries below it go)")
                                               if count == kk + 1 else ""))
             if count < kk:
-                fail(f"{what}, row {r}: you kept {count} entries {_fmt_set(kr)}, expected the {kk} largest "
-                     f"{_fmt_set(ar | tr)}" + (" (one too few: keep entries >= the k-th largest value)"
+                fail(trf("{what}, row {r}: you kept {count} entries {_fmt_set(kr)}, expected the {kk} largest "
+                     "{_fmt_set(ar | tie_r)}") + (tr(" (one too few: keep entries >= the k-th largest value)")
                                               if count == kk - 1 else "")
-                     + (" (with k >= V every entry stays)" if k >= V else ""))
-            fail(f"{what}, row {r}: you kept {_fmt_set(kr)}, expected the {kk} largest logits "
-                 f"{_fmt_set(ar | tr)}")
+                     + (tr(" (with k >= V every entry stays)") if k >= V else ""))
+            fail(trf("{what}, row {r}: you kept {_fmt_set(kr)}, expected the {kk} largest logits "
+                 "{_fmt_set(ar | tie_r)}"))
         n += 1
     passed(fn, n)
 
@@ -335,10 +336,10 @@ def check_top_p_filter(fn, seed: int = 0) -> None:
         ]
     for logits, p in cases:
         saved = logits.clone()
-        what = f"{who}(logits {list(logits.shape)}, p={p:g})"
+        what = trf("{who}(logits {list(logits.shape)}, p={p:g})")
         got = call(fn, logits, p)
         if not torch.equal(logits, saved):
-            fail(f"{what} changed the logits in place; return a new tensor, the caller still needs them")
+            fail(trf("{what} changed the logits in place; return a new tensor, the caller still needs them"))
         kept = _expect_filtered(got, logits, what)
         want = _nucleus(logits, p)
         if torch.equal(kept, want):
@@ -350,31 +351,31 @@ def check_top_p_filter(fn, seed: int = 0) -> None:
         kr, wr, lr = rows[0][r], rows[1][r], rows[2][r]
         probs = lr.double().softmax(-1)
         mass, want_mass = probs[kr].sum().item(), probs[wr].sum().item()
-        head = f"{what}, row {r}"
+        head = trf("{what}, row {r}")
         if not kr.any():
-            fail(f"{head}: you removed every token. The most probable token is always kept: the mass "
-                 f"ranked above it is 0 < p")
+            fail(trf("{head}: you removed every token. The most probable token is always kept: the mass "
+                 "ranked above it is 0 < p"))
         if p >= 1:
-            fail(f"{head}: with p = 1 every token must stay, you kept {int(kr.sum())} of {V}. In float32 "
-                 f"the cumulative sum can round to 1.0 before the last token, so treat p >= 1 as 'keep all'")
+            fail(trf("{head}: with p = 1 every token must stay, you kept {int(kr.sum())} of {V}. In float32 "
+                 "the cumulative sum can round to 1.0 before the last token, so treat p >= 1 as 'keep all'"))
         if torch.equal(kr, _nucleus(lr[None], p, "ascending")[0]):
-            fail(f"{head}: you kept the *least* probable tokens {_fmt_set(kr)}: sort the probabilities in "
-                 f"descending order (sort(descending=True)) before the cumulative sum")
+            fail(trf("{head}: you kept the *least* probable tokens {_fmt_set(kr)}: sort the probabilities in "
+                 "descending order (sort(descending=True)) before the cumulative sum"))
         if torch.equal(kr, _nucleus(lr[None], p, "drop_crossing")[0]):
-            fail(f"{head}: you kept {_fmt_set(kr)} with mass {approx(mass, 3)} < p = {p:g}: you dropped the "
-                 f"token that crosses p. Keep each token whose *preceding* mass (cumsum - prob) is < p, "
-                 f"so the kept set sums to at least p: {_fmt_set(wr)}, mass {approx(want_mass, 3)}")
+            fail(trf("{head}: you kept {_fmt_set(kr)} with mass {approx(mass, 3)} < p = {p:g}: you dropped the "
+                 "token that crosses p. Keep each token whose *preceding* mass (cumsum - prob) is < p, "
+                 "so the kept set sums to at least p: {_fmt_set(wr)}, mass {approx(want_mass, 3)}"))
         if torch.equal(kr, _nucleus(lr[None], p, "logits")[0]):
-            fail(f"{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}: you summed the logits; the "
-                 f"nucleus is defined by probabilities, so take the softmax before the cumulative sum")
+            fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}: you summed the logits; the "
+                 "nucleus is defined by probabilities, so take the softmax before the cumulative sum"))
         top_set = probs >= probs[kr].min()
         if not torch.equal(kr, top_set):
-            fail(f"{head}: you kept {_fmt_set(kr)}, which are not the most probable tokens (expected "
-                 f"{_fmt_set(wr)}). Did you map the mask from sorted order back to the vocabulary "
-                 f"order (scatter with the sort's indices)?")
-        fail(f"{head}: you kept {int(kr.sum())} tokens {_fmt_set(kr)} with mass {approx(mass, 3)}; the "
-             f"smallest set of most probable tokens with mass >= p = {p:g} is {_fmt_set(wr)}, mass "
-             f"{approx(want_mass, 3)}. Are you summing probabilities (softmax), not logits?")
+            fail(trf("{head}: you kept {_fmt_set(kr)}, which are not the most probable tokens (expected "
+                 "{_fmt_set(wr)}). Did you map the mask from sorted order back to the vocabulary "
+                 "order (scatter with the sort's indices)?"))
+        fail(trf("{head}: you kept {int(kr.sum())} tokens {_fmt_set(kr)} with mass {approx(mass, 3)}; the "
+             "smallest set of most probable tokens with mass >= p = {p:g} is {_fmt_set(wr)}, mass "
+             "{approx(want_mass, 3)}. Are you summing probabilities (softmax), not logits?"))
     passed(fn, n)
 
 
@@ -451,21 +452,21 @@ def _ref_beam(model, prompt, width, n, alpha=1.0, eos_id=None, mode="ok"):
 
 
 BEAM_MISTAKES = {
-    "logits": "you added raw logits; add log-probabilities, log_softmax(logits), so that the "
-              "score of a sequence is log P(sequence) = sum of log p(token | prefix)",
-    "probs": "you added probabilities; the probability of a sequence is the *product* of its "
-             "tokens' probabilities, so add their logarithms (log_softmax)",
-    "per_parent": "each beam kept its own best continuation; at every step keep the beam_width "
+    "logits": tr("you added raw logits; add log-probabilities, log_softmax(logits), so that the "
+              "score of a sequence is log P(sequence) = sum of log p(token | prefix)"),
+    "probs": tr("you added probabilities; the probability of a sequence is the *product* of its "
+             "tokens' probabilities, so add their logarithms (log_softmax)"),
+    "per_parent": tr("each beam kept its own best continuation; at every step keep the beam_width "
                   "best candidates over all beams together (a global top-k of beam score + log p, "
-                  "over beams x vocabulary)",
-    "no_norm": "you compared finished hypotheses by their total log-probability; divide by "
-               "L ** length_penalty, L = the number of new tokens (eos included)",
-    "with_prompt": "you counted the prompt in the length; L is the number of *new* tokens "
-                   "(eos included)",
-    "alive_raw": "the hypotheses that reached max_new_tokens were not length-normalized; every "
-                 "finished hypothesis, with or without eos, scores (sum of log p) / L ** length_penalty",
-    "no_eos": "a hypothesis went on after eos_id; a candidate that ends in eos_id is finished "
-              "and leaves the beam",
+                  "over beams x vocabulary)"),
+    "no_norm": tr("you compared finished hypotheses by their total log-probability; divide by "
+               "L ** length_penalty, L = the number of new tokens (eos included)"),
+    "with_prompt": tr("you counted the prompt in the length; L is the number of *new* tokens "
+                   "(eos included)"),
+    "alive_raw": tr("the hypotheses that reached max_new_tokens were not length-normalized; every "
+                 "finished hypothesis, with or without eos, scores (sum of log p) / L ** length_penalty"),
+    "no_eos": tr("a hypothesis went on after eos_id; a candidate that ends in eos_id is finished "
+              "and leaves the beam"),
 }
 
 
@@ -475,18 +476,18 @@ def _compare_beam(got, model, prompt, width, n, alpha, eos_id, what, want=None, 
         want = _ref_beam(model, prompt, width, n, alpha, eos_id)
     expect_tensor(got, what)
     if got.dim() != 2 or got.shape[0] != 1 or not (T < got.shape[1] <= T + n):
-        fail(f"{what} has shape {list(got.shape)}, expected [1, N + L] with 1 <= L <= max_new_tokens = {n} "
-             f"(N = {T}): the prompt and the best hypothesis's new tokens")
+        fail(trf("{what} has shape {list(got.shape)}, expected [1, N + L] with 1 <= L <= max_new_tokens = {n} "
+             "(N = {T}): the prompt and the best hypothesis's new tokens"))
     if got.is_floating_point() or got.dtype == torch.bool:
-        fail(f"{what} has dtype {got.dtype}, expected token ids (torch.int64)")
+        fail(trf("{what} has dtype {got.dtype}, expected token ids (torch.int64)"))
     got = got.cpu()
     if not torch.equal(got[:, :T], prompt):
-        fail(f"{what}: the output should begin with the prompt {_toks(prompt)}, got {_toks(got[:, :T])}")
+        fail(trf("{what}: the output should begin with the prompt {_toks(prompt)}, got {_toks(got[:, :T])}"))
     if torch.equal(got, want):
         return
     new = _toks(got[0, T:])
     if eos_id is not None and eos_id in new[:-1]:
-        fail(f"{what}: your hypothesis {new} goes on after eos_id = {eos_id}: {BEAM_MISTAKES['no_eos']}")
+        fail(trf("{what}: your hypothesis {new} goes on after eos_id = {eos_id}: {BEAM_MISTAKES['no_eos']}"))
     named = []
     for mode, words in BEAM_MISTAKES.items():
         if mode in ("no_norm", "with_prompt", "alive_raw") and (eos_id is None or alpha == 0):
@@ -497,13 +498,13 @@ def _compare_beam(got, model, prompt, width, n, alpha, eos_id, what, want=None, 
         if torch.equal(got, other) and not torch.equal(other, want):
             named.append(words)
     if len(named) == 1:
-        fail(f"{what}: you returned {new}, expected {_toks(want[0, T:])}: {named[0]}")
+        fail(trf("{what}: you returned {new}, expected {_toks(want[0, T:])}: {named[0]}"))
     if named:
-        fail(f"{what}: you returned {new}, expected {_toks(want[0, T:])}. Each of these mistakes gives "
-             f"exactly your answer: " + " Or: ".join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+        fail(trf("{what}: you returned {new}, expected {_toks(want[0, T:])}. Each of these mistakes gives "
+             "exactly your answer: ") + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
     s_got, s_want = _score(model, prompt, got, alpha, eos_id), _score(model, prompt, want, alpha, eos_id)
-    fail(f"{what}: you returned the continuation {new} (score {approx(s_got, 4)}), expected "
-         f"{_toks(want[0, T:])} (score {approx(s_want, 4)}){why}")
+    fail(trf("{what}: you returned the continuation {new} (score {approx(s_got, 4)}), expected "
+         "{_toks(want[0, T:])} (score {approx(s_want, 4)}){why}"))
 
 
 def check_beam_search(fn, seed: int = 0) -> None:
@@ -515,16 +516,16 @@ def check_beam_search(fn, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(4000 + seed)
 
     def run(model, prompt, width, n, alpha=1.0, eos_id=None):
-        args = f"model, prompt_ids {list(prompt.shape)}, beam_width={width}, max_new_tokens={n}"
+        args = trf("model, prompt_ids {list(prompt.shape)}, beam_width={width}, max_new_tokens={n}")
         kwargs = {"length_penalty": alpha}
-        args += f", length_penalty={alpha:g}"
+        args += trf(", length_penalty={alpha:g}")
         if eos_id is not None:
             kwargs["eos_id"] = eos_id
-            args += f", eos_id={eos_id}"
+            args += trf(", eos_id={eos_id}")
         saved = prompt.clone()
         got = call(fn, model, prompt, width, n, **kwargs)
         if not torch.equal(prompt, saved):
-            fail(f"{who}({args}) changed prompt_ids in place; build new tensors instead")
+            fail(trf("{who}({args}) changed prompt_ids in place; build new tensors instead"))
         return got, f"{who}({args})"
 
     # 1. beam width 1 is greedy decoding
@@ -533,8 +534,8 @@ def check_beam_search(fn, seed: int = 0) -> None:
         got, what = run(model, prompt, 1, n)
         greedy = _greedy_oracle(model, prompt, n)
         _compare_beam(got, model, prompt, 1, n, 1.0, None, what, want=greedy,
-                      why=", the greedy sequence: with beam_width = 1 beam search keeps the single best "
-                          "candidate at each step")
+                      why=tr(", the greedy sequence: with beam_width = 1 beam search keeps the single best "
+                          "candidate at each step"))
         n_checks += 1
 
     # 2. a beam as wide as all continuations is exhaustive search
@@ -543,8 +544,8 @@ def check_beam_search(fn, seed: int = 0) -> None:
         want, _ = _exhaustive(model, prompt, n)
         got, what = run(model, prompt, V ** n, n)
         _compare_beam(got, model, prompt, V ** n, n, 1.0, None, what, want=want,
-                      why=f", the best of all {V}^{n} = {V ** n} continuations: a beam that wide keeps "
-                          f"every candidate, so beam search is exhaustive search")
+                      why=trf(", the best of all {V}^{n} = {V ** n} continuations: a beam that wide keeps "
+                          "every candidate, so beam search is exhaustive search"))
         n_checks += 1
 
     # 3. small widths against the reference: cases where the typical mistakes give other answers
@@ -564,8 +565,8 @@ def check_beam_search(fn, seed: int = 0) -> None:
             if width == V ** n:
                 want, _ = _exhaustive(model, prompt, n, alpha, eos_id=0)
                 _compare_beam(got, model, prompt, width, n, alpha, 0, what, want=want,
-                              why=f", the best of all continuations (a beam of width {V}^{n} keeps every "
-                                  f"candidate), scored by (sum of log p) / L ** {alpha:g}")
+                              why=trf(", the best of all continuations (a beam of width {V}^{n} keeps every "
+                                  "candidate), scored by (sum of log p) / L ** {alpha:g}"))
             else:
                 _compare_beam(got, model, prompt, width, n, alpha, 0, what)
             n_checks += 1
@@ -577,8 +578,8 @@ def check_beam_search(fn, seed: int = 0) -> None:
     ends = (greedy[0, 2:] == 0).nonzero()
     greedy = greedy[:, : 2 + (ends[0].item() + 1 if len(ends) else 6)]
     _compare_beam(got, model, prompt, 1, 6, 1.0, 0, what, want=greedy,
-                  why=", the greedy sequence up to its eos: with beam_width = 1 a beam that ends in "
-                      "eos_id is finished, nothing is left to extend")
+                  why=tr(", the greedy sequence up to its eos: with beam_width = 1 a beam that ends in "
+                      "eos_id is finished, nothing is left to extend"))
     n_checks += 1
     passed(fn, n_checks)
 
@@ -618,10 +619,10 @@ def check_min_p_filter(fn, seed: int = 0) -> None:
         ]
     for logits, min_p in cases:
         saved = logits.clone()
-        what = f"{who}(logits {list(logits.shape)}, min_p={min_p:g})"
+        what = trf("{who}(logits {list(logits.shape)}, min_p={min_p:g})")
         got = call(fn, logits, min_p)
         if not torch.equal(logits, saved):
-            fail(f"{what} changed the logits in place; return a new tensor")
+            fail(trf("{what} changed the logits in place; return a new tensor"))
         kept = _expect_filtered(got, logits, what)
         probs = logits.double().softmax(-1)
         top = probs.amax(-1, keepdim=True)
@@ -633,24 +634,24 @@ def check_min_p_filter(fn, seed: int = 0) -> None:
         rows = [t.reshape(-1, V) for t in (kept, want, probs, logits)]
         r = int(torch.nonzero((rows[0] != rows[1]).any(-1))[0])
         kr, wr, pr, lr = (t[r] for t in rows)
-        head = f"{what}, row {r}"
+        head = trf("{what}, row {r}")
         if not kr.any():
-            fail(f"{head}: you removed every token; the most probable token always stays "
-                 f"(p_max >= min_p * p_max): keep p >= min_p * p_max, with >=")
+            fail(trf("{head}: you removed every token; the most probable token always stays "
+                 "(p_max >= min_p * p_max): keep p >= min_p * p_max, with >="))
         named = []
         if torch.equal(kr, pr >= min_p):
-            named.append(f"you kept the tokens with probability >= min_p = {min_p:g}; the threshold scales "
-                         f"with the top probability ({approx(pr.max().item(), 3)} here): keep p >= min_p * p_max")
+            named.append(trf("you kept the tokens with probability >= min_p = {min_p:g}; the threshold scales "
+                         "with the top probability ({approx(pr.max().item(), 3)} here): keep p >= min_p * p_max"))
         if torch.equal(kr, lr >= min_p * lr.max()):
-            named.append("you compared logits with min_p * (the largest logit); compare probabilities "
-                         "(softmax), or equivalently logits >= max logit + log(min_p)")
+            named.append(tr("you compared logits with min_p * (the largest logit); compare probabilities "
+                         "(softmax), or equivalently logits >= max logit + log(min_p)"))
         if len(named) == 1:
             fail(f"{head}: {named[0]}")
         if named:
-            fail(f"{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}. Each of these mistakes gives "
-                 f"exactly that: " + " Or: ".join(f"({i + 1}) {w}." for i, w in enumerate(named)))
-        fail(f"{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}: the tokens whose probability is "
-             f">= min_p * p_max = {approx(min_p * pr.max().item(), 3)}")
+            fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}. Each of these mistakes gives "
+                 "exactly that: ") + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+        fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}: the tokens whose probability is "
+             ">= min_p * p_max = {approx(min_p * pr.max().item(), 3)}"))
     passed(fn, n)
 
 
@@ -677,13 +678,13 @@ def check_repetition_penalty(fn, seed: int = 0) -> None:
         ]
     for logits, prev, penalty in cases:
         saved = logits.clone()
-        what = f"{who}(logits {list(logits.shape)}, prev_ids {list(prev.shape)}, penalty={penalty:g})"
+        what = trf("{who}(logits {list(logits.shape)}, prev_ids {list(prev.shape)}, penalty={penalty:g})")
         got = call(fn, logits, prev, penalty)
         if not torch.equal(logits, saved):
-            fail(f"{what} changed the logits in place; return a new tensor")
+            fail(trf("{what} changed the logits in place; return a new tensor"))
         expect_shape(got, logits.shape, what)
         if got.dtype != logits.dtype:
-            fail(f"{what} has dtype {got.dtype}, expected the logits' dtype {logits.dtype}")
+            fail(trf("{what} has dtype {got.dtype}, expected the logits' dtype {logits.dtype}"))
         want = _penalized(logits, prev, penalty)
         got_c = got.detach().cpu()
         bad = (got_c - want).abs() > 1e-6 * (1 + want.abs())
@@ -692,17 +693,17 @@ def check_repetition_penalty(fn, seed: int = 0) -> None:
             continue
         r, t = torch.nonzero(bad)[0].tolist()
         v, g_, w = logits[r, t].item(), got_c[r, t].item(), want[r, t].item()
-        head = f"{what}: row {r}, token {t} (logit {v:.4g}): you have {g_:.4g}, expected {w:.4g}"
+        head = trf("{what}: row {r}, token {t} (logit {v:.4g}): you have {g_:.4g}, expected {w:.4g}")
         count = prev[r].tolist().count(t)
         if count == 0:
             other = any(t in prev[o].tolist() for o in range(prev.shape[0]))
-            fail(f"{head}. Token {t} does not occur in row {r}'s previous tokens, so its logit stays"
-                 + (" (it occurs in another row: penalize each row by its own tokens)" if other else ""))
+            fail(trf("{head}. Token {t} does not occur in row {r}'s previous tokens, so its logit stays")
+                 + (tr(" (it occurs in another row: penalize each row by its own tokens)") if other else ""))
         if v < 0 and abs(g_ - v / penalty) < 1e-6 * (1 + abs(v)):
-            fail(f"{head}. Dividing a negative logit by the penalty makes it *larger* (more probable); "
-                 f"multiply negative logits by the penalty, divide positive ones")
+            fail(trf("{head}. Dividing a negative logit by the penalty makes it *larger* (more probable); "
+                 "multiply negative logits by the penalty, divide positive ones"))
         if count > 1 and abs(g_ - (v / penalty ** count if v > 0 else v * penalty ** count)) < 1e-6 * (1 + abs(v)):
-            fail(f"{head}. Token {t} occurs {count} times in row {r}, and you penalized it {count} times; "
-                 f"the penalty applies once per distinct token")
+            fail(trf("{head}. Token {t} occurs {count} times in row {r}, and you penalized it {count} times; "
+                 "the penalty applies once per distinct token"))
         fail(head)
     passed(fn, n)

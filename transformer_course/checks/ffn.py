@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..i18n import tr, trf
 from . import approx, call, describe, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = ["check_FeedForward", "check_SwiGLU", "check_swiglu_d_ff", "check_block_param_count"]
@@ -31,20 +32,20 @@ def _gelu_tanh(x):
 # Activations a learner might have used, by the words the messages use for them.
 KNOWN = {
     "ReLU": F.relu,
-    "GELU (exact, with erf)": F.gelu,
-    "GELU's tanh approximation": _gelu_tanh,
+    tr("GELU (exact, with erf)"): F.gelu,
+    tr("GELU's tanh approximation"): _gelu_tanh,
     "SiLU": F.silu,
-    "a sigmoid": torch.sigmoid,
+    tr("a sigmoid"): torch.sigmoid,
     "tanh": torch.tanh,
-    "no activation at all (the identity)": lambda x: x,
+    tr("no activation at all (the identity)"): lambda x: x,
 }
-EXPECTED = {"relu": "ReLU", "gelu": "GELU (exact, with erf)"}
+EXPECTED = {"relu": "ReLU", "gelu": tr("GELU (exact, with erf)")}
 
 
 def _build(cls, args: tuple, kwargs: dict, who: str) -> nn.Module:
     m = call(cls, *args, **kwargs)
     if not isinstance(m, nn.Module):
-        fail(f"{who} should be an nn.Module (a class with __init__ and forward), got {type(m).__name__}")
+        fail(trf("{who} should be an nn.Module (a class with __init__ and forward), got {type(m).__name__}"))
     return m
 
 
@@ -57,25 +58,25 @@ def _expect_linear(m: nn.Module, name: str, sizes: dict, d_in: str, d_out: str, 
                    role: str) -> nn.Linear:
     """m.<name> must be nn.Linear(sizes[d_in], sizes[d_out], bias=bias)."""
     lin = getattr(m, name, None)
-    want = f"nn.Linear({d_in}, {d_out}" + (")" if bias else ", bias=False)")
+    want = trf("nn.Linear({d_in}, {d_out}") + (")" if bias else tr(", bias=False)"))
     if lin is None:
-        fail(f"{who} has no attribute {name}: {role}, so create self.{name} = {want} in __init__ "
-             f"(other chapters and these checks find the layer by this name)")
+        fail(trf("{who} has no attribute {name}: {role}, so create self.{name} = {want} in __init__ "
+             "(other chapters and these checks find the layer by this name)"))
     if not isinstance(lin, nn.Linear):
-        fail(f"{who}.{name} is a {type(lin).__name__}, expected {want} ({role})")
+        fail(trf("{who}.{name} is a {type(lin).__name__}, expected {want} ({role})"))
     i, o = sizes[d_in], sizes[d_out]
     if (lin.in_features, lin.out_features) != (i, o):
         if (lin.in_features, lin.out_features) == (o, i):
-            fail(f"{who}.{name} maps {lin.in_features} -> {lin.out_features} features: input and output are "
-                 f"swapped. {name} {role}: {want} = nn.Linear({i}, {o}) here")
-        fail(f"{who}.{name} maps {lin.in_features} -> {lin.out_features} features, expected {d_in} = {i} -> "
-             f"{d_out} = {o}: {name} {role}, {want}")
+            fail(trf("{who}.{name} maps {lin.in_features} -> {lin.out_features} features: input and output are "
+                 "swapped. {name} {role}: {want} = nn.Linear({i}, {o}) here"))
+        fail(trf("{who}.{name} maps {lin.in_features} -> {lin.out_features} features, expected {d_in} = {i} -> "
+             "{d_out} = {o}: {name} {role}, {want}"))
     if bias and lin.bias is None:
-        fail(f"{who}.{name} has no bias: the FFN of the 2017 paper is max(0, x W_1 + b_1) W_2 + b_2, with "
-             f"biases b_1 and b_2 (nn.Linear's default bias=True)")
+        fail(trf("{who}.{name} has no bias: the FFN of the 2017 paper is max(0, x W_1 + b_1) W_2 + b_2, with "
+             "biases b_1 and b_2 (nn.Linear's default bias=True)"))
     if not bias and lin.bias is not None:
-        fail(f"{who}.{name} has a bias: SwiGLU, as in PaLM and LLaMA, uses no biases; create it with "
-             f"{want}")
+        fail(trf("{who}.{name} has a bias: SwiGLU, as in PaLM and LLaMA, uses no biases; create it with "
+             "{want}"))
     return lin
 
 
@@ -83,17 +84,17 @@ def _expect_param_count(m: nn.Module, want: int, formula: str, who: str, expecte
     got = sum(p.numel() for p in m.parameters())
     if got != want:
         extra = [n for n, _ in m.named_parameters() if n not in expected_names]
-        fail(f"{who} has {got:,} parameters, expected {formula} = {want:,}"
-             + (f"; unexpected parameters: {', '.join(extra)}" if extra else ""))
+        fail(trf("{who} has {got:,} parameters, expected {formula} = {want:,}")
+             + (trf("; unexpected parameters: {', '.join(extra)}") if extra else ""))
 
 
 def _expect_output(got, x, what: str) -> torch.Tensor:
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(x.shape):
-        fail(f"{what} has shape {list(got.shape)}, expected {list(x.shape)}: a feed-forward network maps "
-             f"[..., d_model] to [..., d_model], one vector per position in, one out")
+        fail(trf("{what} has shape {list(got.shape)}, expected {list(x.shape)}: a feed-forward network maps "
+             "[..., d_model] to [..., d_model], one vector per position in, one out"))
     if got.dtype != x.dtype:
-        fail(f"{what} has dtype {got.dtype}, expected {x.dtype} (the input's)")
+        fail(trf("{what} has dtype {got.dtype}, expected {x.dtype} (the input's)"))
     return got
 
 
@@ -125,17 +126,17 @@ def _check_positions(m, d_model: int, who: str) -> None:
     x2[0, 3] = torch.randn(d_model)
     with torch.no_grad():
         a, b = call(m, x), call(m, x2)
-    expect_tensor(a, f"{who}(x of shape [2, 6, {d_model}])")
+    expect_tensor(a, trf("{who}(x of shape [2, 6, {d_model}])"))
     if tuple(a.shape) != (2, 6, d_model):
         return  # the oracle comparison reports the shape
     diff = (a - b).abs().amax(-1)
     diff[0, 3] = 0.0
     if (diff > 1e-6).any():
         s, t = torch.nonzero(diff > 1e-6)[0].tolist()
-        fail(f"{who} mixes positions: changing the input at sequence 0, position 3 changed the output at "
-             f"sequence {s}, position {t} (by {approx(diff[s, t].item(), 3)}). A feed-forward network "
-             f"transforms each position on its own: apply the linear layers to the last dimension only, "
-             f"and do not reduce over (or reshape) the other dimensions")
+        fail(trf("{who} mixes positions: changing the input at sequence 0, position 3 changed the output at "
+             "sequence {s}, position {t} (by {approx(diff[s, t].item(), 3)}). A feed-forward network "
+             "transforms each position on its own: apply the linear layers to the last dimension only, "
+             "and do not reduce over (or reshape) the other dimensions"))
 
 
 def _check_gradients(m, x, who: str) -> None:
@@ -144,8 +145,8 @@ def _check_gradients(m, x, who: str) -> None:
     (out * torch.randn_like(out)).sum().backward()
     for name, p in m.named_parameters():
         if p.grad is None or not p.grad.abs().sum() > 0:
-            fail(f"no gradient reached {who}.{name}: the output must be computed from the layers with "
-                 f"ordinary differentiable operations (no .detach(), .data, .item() or torch.no_grad())")
+            fail(trf("no gradient reached {who}.{name}: the output must be computed from the layers with "
+                 "ordinary differentiable operations (no .detach(), .data, .item() or torch.no_grad())"))
     m.zero_grad()
 
 
@@ -162,7 +163,7 @@ def _probe_activation(m: nn.Module, d: int, who: str) -> torch.Tensor:
 
 # --- FeedForward -------------------------------------------------------------------------------
 
-FF_HINT = "Expected w_2(act(w_1(x))), with act = self.activation between the two layers"
+FF_HINT = tr("Expected w_2(act(w_1(x))), with act = self.activation between the two layers")
 
 
 def check_FeedForward(cls, seed: int = 0) -> None:
@@ -178,10 +179,10 @@ def check_FeedForward(cls, seed: int = 0) -> None:
             sig = _signature(cls, args, kwargs)
             m = _build(cls, args, kwargs, sig)
             sizes = {"d_model": d_model, "d_ff": d_ff}
-            _expect_linear(m, "w_1", sizes, "d_model", "d_ff", True, sig, "maps each position up to d_ff")
-            _expect_linear(m, "w_2", sizes, "d_ff", "d_model", True, sig, "maps back down to d_model")
+            _expect_linear(m, "w_1", sizes, "d_model", "d_ff", True, sig, tr("maps each position up to d_ff"))
+            _expect_linear(m, "w_2", sizes, "d_ff", "d_model", True, sig, tr("maps back down to d_model"))
             _expect_param_count(m, 2 * d_model * d_ff + d_ff + d_model,
-                                f"2·d_model·d_ff + d_ff + d_model = 2·{d_model}·{d_ff} + {d_ff} + {d_model}",
+                                trf("2·d_model·d_ff + d_ff + d_model = 2·{d_model}·{d_ff} + {d_ff} + {d_model}"),
                                 sig, {"w_1.weight", "w_1.bias", "w_2.weight", "w_2.bias"})
             n += 1
 
@@ -197,7 +198,7 @@ def check_FeedForward(cls, seed: int = 0) -> None:
             sig = _signature(cls, args, kwargs)
             m = _build(cls, args, kwargs, sig)
             x, got = _probe_activation(m, d, sig)
-            what = f"{sig} with w_1 = w_2 = identity and zero biases"
+            what = trf("{sig} with w_1 = w_2 = identity and zero biases")
             _expect_output(got, x, what)
             want = EXPECTED[act]
             if torch.allclose(got.double(), KNOWN[want](x.double()), atol=1e-6, rtol=1e-5):
@@ -206,26 +207,26 @@ def check_FeedForward(cls, seed: int = 0) -> None:
             found = _first_match(got, {k: f(x.double()) for k, f in KNOWN.items()}, atol=1e-6, rtol=1e-5)
             if found is None and torch.allclose(got.double(), KNOWN[want](KNOWN[want](x.double())), atol=1e-6,
                                                 rtol=1e-5):
-                fail(f"{what} computes act(act(x)): you apply the activation after w_2 as well. The FFN ends "
-                     f"with the linear layer w_2 (its output goes into the residual sum). {FF_HINT}")
-            if found == "no activation at all (the identity)":
-                fail(f"{what} returns its input unchanged: there is no nonlinearity between w_1 and w_2. "
-                     f"Apply self.activation to w_1(x); without it the two layers collapse into one linear map")
-            if found == "GELU's tanh approximation":
-                fail(f"{what} computes GELU's tanh approximation, F.gelu(x, approximate='tanh') (it differs "
-                     f"from the exact GELU by up to 4.7e-4). This course's 'gelu' is the exact x·Φ(x) with "
-                     f"erf, the default of F.gelu and nn.GELU: use self.activation")
+                fail(trf("{what} computes act(act(x)): you apply the activation after w_2 as well. The FFN ends "
+                     "with the linear layer w_2 (its output goes into the residual sum). {FF_HINT}"))
+            if found == tr("no activation at all (the identity)"):
+                fail(trf("{what} returns its input unchanged: there is no nonlinearity between w_1 and w_2. "
+                     "Apply self.activation to w_1(x); without it the two layers collapse into one linear map"))
+            if found == tr("GELU's tanh approximation"):
+                fail(trf("{what} computes GELU's tanh approximation, F.gelu(x, approximate='tanh') (it differs "
+                     "from the exact GELU by up to 4.7e-4). This course's 'gelu' is the exact x·Φ(x) with "
+                     "erf, the default of F.gelu and nn.GELU: use self.activation"))
             if found is not None and found in EXPECTED.values():
                 other = [k for k, v in EXPECTED.items() if v == found][0]
-                fail(f"{what} computes {found} although activation={act!r}: it ignores the activation "
-                     f"argument. Call self.activation (chosen in __init__ from ACTIVATIONS), not a fixed "
-                     f"F.{other}")
+                fail(trf("{what} computes {found} although activation={act!r}: it ignores the activation "
+                     "argument. Call self.activation (chosen in __init__ from ACTIVATIONS), not a fixed "
+                     "F.{other}"))
             if found is not None:
-                fail(f"{what} computes {found} between the layers, expected {want}: use self.activation")
+                fail(trf("{what} computes {found} between the layers, expected {want}: use self.activation"))
             i = int((got.double() - KNOWN[want](x.double())).abs().argmax())
             xi, gi = x.flatten()[i].item(), got.flatten()[i].item()
-            fail(f"{what} should return {want} of its input, elementwise: at x = {xi:.3g} you give "
-                 f"{gi:.6g}, expected {KNOWN[want](torch.tensor(xi, dtype=torch.float64)).item():.6g}. "
+            fail(trf("{what} should return {want} of its input, elementwise: at x = {xi:.3g} you give "
+                 "{gi:.6g}, expected {KNOWN[want](torch.tensor(xi, dtype=torch.float64)).item():.6g}. ")
                  + FF_HINT)
 
         # 4. random weights, ordinary and awkward shapes, against the oracle from the learner's weights
@@ -247,11 +248,11 @@ def check_FeedForward(cls, seed: int = 0) -> None:
                         getattr(m, name).bias.normal_()
             x = torch.randn(shape)
             saved = x.clone()
-            what = f"{sig}(x of shape {list(shape)})"
+            what = trf("{sig}(x of shape {list(shape)})")
             got = _expect_output(call(m, x), x, what)
             if not torch.equal(x, saved):
-                fail(f"{what} changed its input x in place; compute new tensors instead (the residual "
-                     f"connection around the FFN still needs x)")
+                fail(trf("{what} changed its input x in place; compute new tensors instead (the residual "
+                     "connection around the FFN still needs x)"))
             w = _weights(m, ("w_1", "w_2"))
             f = KNOWN[EXPECTED[act]]
             xd = x.double()
@@ -260,21 +261,21 @@ def check_FeedForward(cls, seed: int = 0) -> None:
             if not torch.allclose(got.detach().double(), want, atol=1e-5, rtol=1e-4):
                 no_b = ((w["w_1"][0], None), (w["w_2"][0], None))
                 found = _first_match(got, {
-                    "no activation": _lin(h, w["w_2"]),
-                    "activation after w_2": f(_lin(h, w["w_2"])),
-                    "activation after w_2 as well": f(want),
-                    "no biases": _lin(f(_lin(xd, no_b[0])), no_b[1]),
+                    tr("no activation"): _lin(h, w["w_2"]),
+                    tr("activation after w_2"): f(_lin(h, w["w_2"])),
+                    tr("activation after w_2 as well"): f(want),
+                    tr("no biases"): _lin(f(_lin(xd, no_b[0])), no_b[1]),
                 })
-                if found == "no activation":
-                    fail(f"{what}: your output is w_2(w_1(x)), with no activation between the layers. "
-                         f"{FF_HINT}")
-                if found in ("activation after w_2", "activation after w_2 as well"):
-                    fail(f"{what}: your output is passed through the activation after w_2. The FFN ends with "
-                         f"the linear layer w_2 (its output goes into the residual sum and may be negative). "
-                         f"{FF_HINT}")
-                if found == "no biases":
-                    fail(f"{what}: your output ignores the biases of w_1 and w_2; call the layers, "
-                         f"self.w_1(x), rather than multiplying by their weights")
+                if found == tr("no activation"):
+                    fail(trf("{what}: your output is w_2(w_1(x)), with no activation between the layers. "
+                         "{FF_HINT}"))
+                if found in (tr("activation after w_2"), tr("activation after w_2 as well")):
+                    fail(trf("{what}: your output is passed through the activation after w_2. The FFN ends with "
+                         "the linear layer w_2 (its output goes into the residual sum and may be negative). "
+                         "{FF_HINT}"))
+                if found == tr("no biases"):
+                    fail(trf("{what}: your output ignores the biases of w_1 and w_2; call the layers, "
+                         "self.w_1(x), rather than multiplying by their weights"))
                 expect_close(got, want.float(), what, hint=FF_HINT)
             n += 1
 
@@ -287,7 +288,7 @@ def check_FeedForward(cls, seed: int = 0) -> None:
 
 # --- SwiGLU ------------------------------------------------------------------------------------
 
-SWIGLU_HINT = "Expected w_2(F.silu(w_1(x)) * w_3(x)): w_1 is the gate (through SiLU), w_3 the value"
+SWIGLU_HINT = tr("Expected w_2(F.silu(w_1(x)) * w_3(x)): w_1 is the gate (through SiLU), w_3 the value")
 
 
 def check_SwiGLU(cls, seed: int = 0) -> None:
@@ -306,14 +307,14 @@ def check_SwiGLU(cls, seed: int = 0) -> None:
         if (isinstance(w2, nn.Linear) and isinstance(w3, nn.Linear)
                 and (w2.in_features, w2.out_features) == (d_model, d_ff)
                 and (w3.in_features, w3.out_features) == (d_ff, d_model)):
-            fail(f"{sig}: your w_2 maps d_model -> d_ff and your w_3 maps d_ff -> d_model: the roles are "
-                 f"the other way round. As in LLaMA's code, w_2 is the output layer, nn.Linear(d_ff, d_model, "
-                 f"bias=False), and w_3 the value branch, nn.Linear(d_model, d_ff, bias=False): "
-                 f"w_2(silu(w_1(x)) * w_3(x))")
-        _expect_linear(m, "w_1", sizes, "d_model", "d_ff", False, sig, "is the gate, d_model -> d_ff")
-        _expect_linear(m, "w_3", sizes, "d_model", "d_ff", False, sig, "is the value branch, d_model -> d_ff")
-        _expect_linear(m, "w_2", sizes, "d_ff", "d_model", False, sig, "maps back down, d_ff -> d_model")
-        _expect_param_count(m, 3 * d_model * d_ff, f"3·d_model·d_ff = 3·{d_model}·{d_ff}", sig,
+            fail(trf("{sig}: your w_2 maps d_model -> d_ff and your w_3 maps d_ff -> d_model: the roles are "
+                 "the other way round. As in LLaMA's code, w_2 is the output layer, nn.Linear(d_ff, d_model, "
+                 "bias=False), and w_3 the value branch, nn.Linear(d_model, d_ff, bias=False): "
+                 "w_2(silu(w_1(x)) * w_3(x))"))
+        _expect_linear(m, "w_1", sizes, "d_model", "d_ff", False, sig, tr("is the gate, d_model -> d_ff"))
+        _expect_linear(m, "w_3", sizes, "d_model", "d_ff", False, sig, tr("is the value branch, d_model -> d_ff"))
+        _expect_linear(m, "w_2", sizes, "d_ff", "d_model", False, sig, tr("maps back down, d_ff -> d_model"))
+        _expect_param_count(m, 3 * d_model * d_ff, trf("3·d_model·d_ff = 3·{d_model}·{d_ff}"), sig,
                             {"w_1.weight", "w_2.weight", "w_3.weight"})
         n += 1
 
@@ -335,10 +336,10 @@ def check_SwiGLU(cls, seed: int = 0) -> None:
             m = _build(cls, (d_model, d_ff), {}, sig)
             x = torch.randn(shape)
             saved = x.clone()
-            what = f"{sig}(x of shape {list(shape)})"
+            what = trf("{sig}(x of shape {list(shape)})")
             got = _expect_output(call(m, x), x, what)
             if not torch.equal(x, saved):
-                fail(f"{what} changed its input x in place; compute new tensors instead")
+                fail(trf("{what} changed its input x in place; compute new tensors instead"))
             w = _weights(m, ("w_1", "w_2", "w_3"))
             xd = x.double()
             g, v = _lin(xd, w["w_1"]), _lin(xd, w["w_3"])
@@ -348,32 +349,32 @@ def check_SwiGLU(cls, seed: int = 0) -> None:
                 found = _first_match(got, {
                     "swapped": down(F.silu(v) * g),
                     "sigmoid": down(torch.sigmoid(g) * v),
-                    "sigmoid swapped": down(torch.sigmoid(v) * g),
+                    tr("sigmoid swapped"): down(torch.sigmoid(v) * g),
                     "bilinear": down(g * v),
                     "GEGLU": down(F.gelu(g) * v),
                     "ReGLU": down(F.relu(g) * v),
-                    "silu both": down(F.silu(g) * F.silu(v)),
-                    "silu of product": down(F.silu(g * v)),
+                    tr("silu both"): down(F.silu(g) * F.silu(v)),
+                    tr("silu of product"): down(F.silu(g * v)),
                     "sum": down(F.silu(g) + v),
-                    "after w_2": F.silu(want),
+                    tr("after w_2"): F.silu(want),
                 })
                 msgs = {
-                    "swapped": "you apply SiLU to w_3's branch: w_1 is the gate, SiLU(x W_1), and w_3 the "
-                               "value, x W_3, that the gate scales",
-                    "sigmoid": "your gate is a sigmoid, σ(x W_1): that is the original GLU of Dauphin et al. "
-                               "SwiGLU's gate is SiLU(z) = z·σ(z), F.silu",
-                    "sigmoid swapped": "your gate is a sigmoid, and on w_3's branch: SwiGLU's gate is "
-                                       "SiLU(x W_1) = F.silu(w_1(x))",
-                    "bilinear": "you multiply w_1(x) * w_3(x) with no SiLU: that is the 'bilinear' GLU "
-                                "variant; apply F.silu to the gate w_1(x)",
-                    "GEGLU": "your gate uses GELU: that is GEGLU, a sibling of SwiGLU; use F.silu",
-                    "ReGLU": "your gate uses ReLU: that is ReGLU, a sibling of SwiGLU; use F.silu",
-                    "silu both": "you apply SiLU to both branches; only the gate w_1(x) goes through SiLU",
-                    "silu of product": "you apply SiLU to the product; it goes on the gate alone: "
-                                       "F.silu(w_1(x)) * w_3(x)",
-                    "sum": "you add the two branches; a gated unit multiplies them, elementwise",
-                    "after w_2": "you apply SiLU after w_2 as well; the output is w_2 of the gated product, "
-                                 "with nothing after it",
+                    "swapped": tr("you apply SiLU to w_3's branch: w_1 is the gate, SiLU(x W_1), and w_3 the "
+                               "value, x W_3, that the gate scales"),
+                    "sigmoid": tr("your gate is a sigmoid, σ(x W_1): that is the original GLU of Dauphin et al. "
+                               "SwiGLU's gate is SiLU(z) = z·σ(z), F.silu"),
+                    tr("sigmoid swapped"): tr("your gate is a sigmoid, and on w_3's branch: SwiGLU's gate is "
+                                       "SiLU(x W_1) = F.silu(w_1(x))"),
+                    "bilinear": tr("you multiply w_1(x) * w_3(x) with no SiLU: that is the 'bilinear' GLU "
+                                "variant; apply F.silu to the gate w_1(x)"),
+                    "GEGLU": tr("your gate uses GELU: that is GEGLU, a sibling of SwiGLU; use F.silu"),
+                    "ReGLU": tr("your gate uses ReLU: that is ReGLU, a sibling of SwiGLU; use F.silu"),
+                    tr("silu both"): tr("you apply SiLU to both branches; only the gate w_1(x) goes through SiLU"),
+                    tr("silu of product"): tr("you apply SiLU to the product; it goes on the gate alone: "
+                                       "F.silu(w_1(x)) * w_3(x)"),
+                    "sum": tr("you add the two branches; a gated unit multiplies them, elementwise"),
+                    tr("after w_2"): tr("you apply SiLU after w_2 as well; the output is w_2 of the gated product, "
+                                 "with nothing after it"),
                 }
                 if found is not None:
                     fail(f"{what}: {msgs[found]}. {SWIGLU_HINT}")
@@ -405,31 +406,31 @@ def check_swiglu_d_ff(fn, seed: int = 0) -> None:
         m = int(torch.randint(1, 100, ()).item())
     cases.append((d, m, _llama_d_ff(d, m)))
     for d_model, multiple_of, want in cases:
-        what = f"{who}({d_model}, multiple_of={multiple_of})"
+        what = trf("{who}({d_model}, multiple_of={multiple_of})")
         got = call(fn, d_model, multiple_of=multiple_of)   # -> int, as the docstring says
         if isinstance(got, bool) or not isinstance(got, int):
             if isinstance(got, float) and got.is_integer():
-                fail(f"{what} returned the float {got}: a layer size must be an int (nn.Linear needs one)")
+                fail(trf("{what} returned the float {got}: a layer size must be an int (nn.Linear needs one)"))
             if not isinstance(got, float):
-                fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring says)"
-                     + (": call .item() on a one-element tensor" if isinstance(got, torch.Tensor) else ""))
+                fail(trf("{what} returned {describe(got)}, expected a Python int (as the docstring says)")
+                     + (tr(": call .item() on a one-element tensor") if isinstance(got, torch.Tensor) else ""))
         if got == want:
             continue
         hidden = int(8 * d_model / 3)
         if math.isclose(got, 8 * d_model / 3) or got == hidden:
-            fail(f"{what} is {got}, expected {want}: 2/3 · 4 · d_model = {hidden} is only the first step; "
-                 f"round it up to a multiple of {multiple_of} (the GPU likes sizes that are multiples of "
-                 f"64 or 256)")
+            fail(trf("{what} is {got}, expected {want}: 2/3 · 4 · d_model = {hidden} is only the first step; "
+                 "round it up to a multiple of {multiple_of} (the GPU likes sizes that are multiples of "
+                 "64 or 256)"))
         if got == multiple_of * (hidden // multiple_of):
             # rounding to the nearest multiple fails exactly where it rounds down, so the two look alike
-            fail(f"{what} is {got}, expected {want}: you rounded {hidden} down (or to the nearest multiple, "
-                 f"which here is the same) to a multiple of {multiple_of}; LLaMA rounds up, "
-                 f"multiple_of · ceil(hidden / multiple_of), so that d_ff never falls below 2/3 · 4 · d_model")
+            fail(trf("{what} is {got}, expected {want}: you rounded {hidden} down (or to the nearest multiple, "
+                 "which here is the same) to a multiple of {multiple_of}; LLaMA rounds up, "
+                 "multiple_of · ceil(hidden / multiple_of), so that d_ff never falls below 2/3 · 4 · d_model"))
         if got in (multiple_of * math.ceil(int(2 * d_model / 3) / multiple_of), int(2 * d_model / 3)):
-            fail(f"{what} is {got}, expected {want}: start from the usual d_ff = 4 · d_model = "
-                 f"{4 * d_model} and take 2/3 of it, {hidden}, then round up to a multiple of {multiple_of}")
-        fail(f"{what} is {got}, expected {want} = {multiple_of} · ceil({hidden} / {multiple_of}), where "
-             f"{hidden} = int(2/3 · 4 · {d_model})")
+            fail(trf("{what} is {got}, expected {want}: start from the usual d_ff = 4 · d_model = "
+                 "{4 * d_model} and take 2/3 of it, {hidden}, then round up to a multiple of {multiple_of}"))
+        fail(trf("{what} is {got}, expected {want} = {multiple_of} · ceil({hidden} / {multiple_of}), where "
+             "{hidden} = int(2/3 · 4 · {d_model})"))
     passed(fn, len(cases))
 
 
@@ -466,11 +467,11 @@ def check_block_param_count(fn, seed: int = 0) -> None:
         d, f = (int(v) for v in torch.randint(1, 300, (2,)))
     cases += [(d, f, False), (d, f, True)]
     for d_model, d_ff, swiglu in cases:
-        what = f"{who}({d_model}, {d_ff}, swiglu={swiglu})"
+        what = trf("{who}({d_model}, {d_ff}, swiglu={swiglu})")
         got = call(fn, d_model, d_ff, swiglu=swiglu)   # -> int, as the docstring says
         if isinstance(got, bool) or not isinstance(got, int):
-            fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring says)"
-                 + (": call .item() on a one-element tensor" if isinstance(got, torch.Tensor) else ""))
+            fail(trf("{what} returned {describe(got)}, expected a Python int (as the docstring says)")
+                 + (tr(": call .item() on a one-element tensor") if isinstance(got, torch.Tensor) else ""))
         want = _oracle_block(d_model, d_ff, swiglu)
         if got == want:
             continue
@@ -478,34 +479,34 @@ def check_block_param_count(fn, seed: int = 0) -> None:
         if not swiglu:
             attn, ffn, norms = 4 * d * d + 4 * d, 2 * d * f + f + d, 4 * d
             named = {
-                4 * d * d + 2 * d * f: "you left out the biases and the two LayerNorms",
-                4 * d * d + 2 * d * f + 4 * d: "you left out the biases of the linear layers: attention has "
-                                               "4·d_model of them, the FFN d_ff + d_model",
-                attn + ffn: "you left out the two LayerNorms, with a weight and a bias of d_model each (4·d_model)",
-                attn + ffn + 2 * d: "each LayerNorm has a weight *and* a bias, 2·d_model per norm",
-                3 * d * d + 3 * d + ffn + norms: "attention has four d_model x d_model projections, W_Q, W_K, "
-                                                 "W_V and the output W_O (4·d_model² + 4·d_model)",
-                attn + d * f + f + d + norms: "the FFN has two matrices, d_model x d_ff and d_ff x d_model",
-                attn + 3 * d * f + norms: "this is the ReLU FFN with biases (swiglu=False): two matrices "
-                                          "plus biases, 2·d_model·d_ff + d_ff + d_model",
+                4 * d * d + 2 * d * f: tr("you left out the biases and the two LayerNorms"),
+                4 * d * d + 2 * d * f + 4 * d: tr("you left out the biases of the linear layers: attention has "
+                                               "4·d_model of them, the FFN d_ff + d_model"),
+                attn + ffn: tr("you left out the two LayerNorms, with a weight and a bias of d_model each (4·d_model)"),
+                attn + ffn + 2 * d: tr("each LayerNorm has a weight *and* a bias, 2·d_model per norm"),
+                3 * d * d + 3 * d + ffn + norms: tr("attention has four d_model x d_model projections, W_Q, W_K, "
+                                                 "W_V and the output W_O (4·d_model² + 4·d_model)"),
+                attn + d * f + f + d + norms: tr("the FFN has two matrices, d_model x d_ff and d_ff x d_model"),
+                attn + 3 * d * f + norms: tr("this is the ReLU FFN with biases (swiglu=False): two matrices "
+                                          "plus biases, 2·d_model·d_ff + d_ff + d_model"),
             }
         else:
             attn, ffn, norms = 4 * d * d, 3 * d * f, 2 * d
             named = {
-                attn + ffn: "you left out the two RMSNorms, with a weight of d_model each",
-                attn + 2 * d * f + norms: "SwiGLU has three matrices, w_1, w_3 (d_model x d_ff) and w_2 "
-                                          "(d_ff x d_model): 3·d_model·d_ff",
-                attn + ffn + 2 * norms: "an RMSNorm has a weight but no bias: d_model per norm",
-                attn + ffn + norms + 4 * d + 2 * f + d: "the LLaMA-style block has no biases at all",
-                attn + ffn + norms + 4 * d: "the LLaMA-style block has no biases, in attention either",
-                3 * d * d + ffn + norms: "attention has four d_model x d_model projections, W_Q, W_K, W_V "
-                                         "and the output W_O",
+                attn + ffn: tr("you left out the two RMSNorms, with a weight of d_model each"),
+                attn + 2 * d * f + norms: tr("SwiGLU has three matrices, w_1, w_3 (d_model x d_ff) and w_2 "
+                                          "(d_ff x d_model): 3·d_model·d_ff"),
+                attn + ffn + 2 * norms: tr("an RMSNorm has a weight but no bias: d_model per norm"),
+                attn + ffn + norms + 4 * d + 2 * f + d: tr("the LLaMA-style block has no biases at all"),
+                attn + ffn + norms + 4 * d: tr("the LLaMA-style block has no biases, in attention either"),
+                3 * d * d + ffn + norms: tr("attention has four d_model x d_model projections, W_Q, W_K, W_V "
+                                         "and the output W_O"),
             }
         named.pop(want, None)
         if got in named:
-            fail(f"{what} is {got:,}, expected {want:,}: {named[got]}")
-        fail(f"{what} is {got:,}, expected {want:,}, the number of parameters of "
-             + ("nn.TransformerEncoderLayer(d_model, nhead, d_ff), counted with sum(p.numel()): attention "
-                "4·d² + 4·d, FFN 2·d·d_ff + d_ff + d, two LayerNorms 4·d" if not swiglu else
-                "a LLaMA block: attention 4·d², SwiGLU 3·d·d_ff, two RMSNorms 2·d, no biases"))
+            fail(trf("{what} is {got:,}, expected {want:,}: {named[got]}"))
+        fail(trf("{what} is {got:,}, expected {want:,}, the number of parameters of ")
+             + (tr("nn.TransformerEncoderLayer(d_model, nhead, d_ff), counted with sum(p.numel()): attention "
+                "4·d² + 4·d, FFN 2·d·d_ff + d_ff + d, two LayerNorms 4·d") if not swiglu else
+                tr("a LLaMA block: attention 4·d², SwiGLU 3·d·d_ff, two RMSNorms 2·d, no biases")))
     passed(fn, len(cases))

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import CheckFailed, NotImplementedYet, call, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = ["check_repeat_kv", "check_grouped_query_attention", "check_mean_pool_kv_heads",
@@ -64,39 +65,39 @@ def check_repeat_kv(fn, seed: int = 0) -> None:
         for B, G, N, d, r, dtype in REPEAT_CASES + [(2, 2 + seed % 2, 3, 2, 3, torch.float32)]:
             x = torch.randn(B, G, N, d, dtype=dtype)
             saved = x.clone()
-            what = f"{who}(x {[B, G, N, d]}, n_rep={r})"
+            what = trf("{who}(x {[B, G, N, d]}, n_rep={r})")
             got = call(fn, x, r)
             expect_tensor(got, what)
             want = x.repeat_interleave(r, dim=1)
             if tuple(got.shape) != tuple(want.shape):
-                for dim, name in ((0, "the batch"), (2, "the positions"), (3, "the features")):
+                for dim, name in ((0, tr("the batch")), (2, tr("the positions")), (3, tr("the features"))):
                     wrong = x.repeat_interleave(r, dim=dim)
                     if r > 1 and tuple(got.shape) == tuple(wrong.shape):
-                        fail(f"{what} has shape {_shape(got)}, expected {list(want.shape)}: you repeated "
-                             f"along dimension {dim} ({name}) instead of dimension 1 (the heads)")
+                        fail(trf("{what} has shape {_shape(got)}, expected {list(want.shape)}: you repeated "
+                             "along dimension {dim} ({name}) instead of dimension 1 (the heads)"))
                 if got.dim() == 5:
-                    fail(f"{what} has shape {_shape(got)}, expected {list(want.shape)}: after expanding "
-                         f"to [B, G, n_rep, N, d], merge G and n_rep into one head dimension "
-                         f"(.reshape(B, G * n_rep, N, d))")
-                fail(f"{what} has shape {_shape(got)}, expected [B, G * n_rep, N, d] = {list(want.shape)}")
+                    fail(trf("{what} has shape {_shape(got)}, expected {list(want.shape)}: after expanding "
+                         "to [B, G, n_rep, N, d], merge G and n_rep into one head dimension "
+                         "(.reshape(B, G * n_rep, N, d))"))
+                fail(trf("{what} has shape {_shape(got)}, expected [B, G * n_rep, N, d] = {list(want.shape)}"))
             if got.dtype != x.dtype:
-                fail(f"{what} has dtype {got.dtype}, expected {x.dtype}: repeating only copies x")
+                fail(trf("{what} has dtype {got.dtype}, expected {x.dtype}: repeating only copies x"))
             if not torch.equal(x, saved):
-                fail(f"{who} changed its input x in place")
+                fail(trf("{who} changed its input x in place"))
             if torch.equal(got, want):
                 n += 1
                 continue
             src = _head_sources(got, x)
             if r > 1 and G > 1 and torch.equal(got, x.repeat(1, r, 1, 1)):
-                fail(f"{what}: tile order: your output heads come from K/V heads {src}, expected "
-                     f"{[h // r for h in range(G * r)]}. x.repeat(1, n_rep, 1, 1) tiles the whole "
-                     f"stack of heads (0, 1, 2, 0, 1, 2, ...), so query head 1 reads K/V head 1; "
-                     f"each K/V head must serve n_rep *consecutive* query heads (query head h uses "
-                     f"K/V head h // n_rep): use x.repeat_interleave(n_rep, dim=1)")
+                fail(trf("{what}: tile order: your output heads come from K/V heads {src}, expected "
+                     "{[h // r for h in range(G * r)]}. x.repeat(1, n_rep, 1, 1) tiles the whole "
+                     "stack of heads (0, 1, 2, 0, 1, 2, ...), so query head 1 reads K/V head 1; "
+                     "each K/V head must serve n_rep *consecutive* query heads (query head h uses "
+                     "K/V head h // n_rep): use x.repeat_interleave(n_rep, dim=1)"))
             if None not in src:
                 h = next(h for h in range(G * r) if src[h] != h // r)
-                fail(f"{what}: output head {h} is K/V head {src[h]}, expected K/V head {h // r} "
-                     f"(query head h uses K/V head h // n_rep; your heads come from {src})")
+                fail(trf("{what}: output head {h} is K/V head {src[h]}, expected K/V head {h // r} "
+                     "(query head h uses K/V head h // n_rep; your heads come from {src})"))
             expect_close(got, want, what)
     passed(fn, n)
 
@@ -107,12 +108,12 @@ def check_repeat_kv(fn, seed: int = 0) -> None:
 # sqrt(d) is told apart from sqrt(H d), sqrt(N_k), ... and tile order from the right order.
 GQA_CASES = [
     ("GQA", 2, 6, 2, 5, 7, 8, None, torch.float32),
-    ("GQA, a causal mask [N_q, N_k] aligned bottom-right", 2, 6, 2, 5, 7, 8, "causal", torch.float32),
-    ("GQA, a padding mask [B, 1, 1, N_k]", 2, 6, 2, 5, 7, 8, "padding", torch.float32),
-    ("GQA, a random mask [B, H, N_q, N_k]", 1, 4, 2, 3, 6, 5, "random", torch.float32),
-    ("MHA (G = H)", 2, 3, 3, 4, 4, 6, "causal", torch.float32),
-    ("MQA (G = 1), one query (decoding)", 3, 4, 1, 1, 9, 8, None, torch.float32),
-    ("GQA in float64", 1, 8, 2, 2, 3, 4, "causal", torch.float64),
+    (tr("GQA, a causal mask [N_q, N_k] aligned bottom-right"), 2, 6, 2, 5, 7, 8, "causal", torch.float32),
+    (tr("GQA, a padding mask [B, 1, 1, N_k]"), 2, 6, 2, 5, 7, 8, "padding", torch.float32),
+    (tr("GQA, a random mask [B, H, N_q, N_k]"), 1, 4, 2, 3, 6, 5, "random", torch.float32),
+    (tr("MHA (G = H)"), 2, 3, 3, 4, 4, 6, "causal", torch.float32),
+    (tr("MQA (G = 1), one query (decoding)"), 3, 4, 1, 1, 9, 8, None, torch.float32),
+    (tr("GQA in float64"), 1, 8, 2, 2, 3, 4, "causal", torch.float64),
 ]
 
 
@@ -152,30 +153,30 @@ def _diagnose_gqa(got, q, k, v, mask, what):
     G, n_k = k.shape[1], k.shape[2]
     r = H // G
     if G > 1 and r > 1 and _same(got, _reference(q, k, v, mask, order="tile")):
-        fail(f"{what}: your query heads read the wrong K/V heads: you expanded K and V in tile order "
-             f"(.repeat(1, n_rep, 1, 1), heads 0, 1, 0, 1, ...), so query head 1 read K/V head 1; "
-             f"query head h must use K/V head h // n_rep = h // {r} (heads 0, 0, 0, 1, 1, 1): "
-             f"use repeat_interleave(n_rep, dim=1)")
+        fail(trf("{what}: your query heads read the wrong K/V heads: you expanded K and V in tile order "
+             "(.repeat(1, n_rep, 1, 1), heads 0, 1, 0, 1, ...), so query head 1 read K/V head 1; "
+             "query head h must use K/V head h // n_rep = h // {r} (heads 0, 0, 0, 1, 1, 1): "
+             "use repeat_interleave(n_rep, dim=1)"))
     if mask is not None:
         if _same(got, _reference(q, k, v, None)):
-            fail(f"{what}: your output ignores the mask: it equals attention without it. Set the scores "
-                 f"where the mask is False to -inf before the softmax")
+            fail(trf("{what}: your output ignores the mask: it equals attention without it. Set the scores "
+                 "where the mask is False to -inf before the softmax"))
         if _same(got, _reference(q, k, v, mask, mask_mode="after")):
-            fail(f"{what}: you applied the mask after the softmax (zeroing weights), so the remaining "
-                 f"weights no longer sum to 1. Set masked scores to -inf before the softmax")
+            fail(trf("{what}: you applied the mask after the softmax (zeroing weights), so the remaining "
+                 "weights no longer sum to 1. Set masked scores to -inf before the softmax"))
         if _same_nan(got, _reference(q, k, v, ~mask)):
             nan_rows = "" if bool((~mask).any(-1).all()) else (
-                "; the queries that may see every key had none left, hence the NaN rows")
-            fail(f"{what}: your mask is inverted: True means *may attend*, so set the scores to "
-                 f"-inf where the mask is False (masked_fill(~mask, ...)); you hid the keys a "
-                 f"query may see and kept the others{nan_rows}")
-    scales = {"1 (no scaling)": 1.0, f"d = {d}": float(d) ** 2, f"sqrt(H * d) = sqrt({H * d})": H * d,
-              f"sqrt(G * d) = sqrt({G * d})": G * d, f"sqrt(N_k) = sqrt({n_k})": n_k,
-              f"sqrt(N_q) = sqrt({n_q})": n_q, f"sqrt(H) = sqrt({H})": H}
+                tr("; the queries that may see every key had none left, hence the NaN rows"))
+            fail(trf("{what}: your mask is inverted: True means *may attend*, so set the scores to "
+                 "-inf where the mask is False (masked_fill(~mask, ...)); you hid the keys a "
+                 "query may see and kept the others{nan_rows}"))
+    scales = {tr("1 (no scaling)"): 1.0, f"d = {d}": float(d) ** 2, trf("sqrt(H * d) = sqrt({H * d})"): H * d,
+              trf("sqrt(G * d) = sqrt({G * d})"): G * d, trf("sqrt(N_k) = sqrt({n_k})"): n_k,
+              trf("sqrt(N_q) = sqrt({n_q})"): n_q, trf("sqrt(H) = sqrt({H})"): H}
     for name, s in scales.items():
         if s != d and _same(got, _reference(q, k, v, mask, scale=s)):
-            fail(f"{what}: you scaled the scores by {name}; divide by sqrt(d) = sqrt({d}), the width "
-                 f"of one head's keys")
+            fail(trf("{what}: you scaled the scores by {name}; divide by sqrt(d) = sqrt({d}), the width "
+                 "of one head's keys"))
 
 
 def _sdpa_gqa(q, k, v, mask):
@@ -199,23 +200,23 @@ def check_grouped_query_attention(fn, seed: int = 0) -> None:
             k, v = torch.randn(B, G, n_k, d, dtype=dtype), torch.randn(B, G, n_k, d, dtype=dtype)
             mask = _make_mask(kind, B, H, n_q, n_k)
             saved = [t.clone() for t in (q, k, v)]
-            what = (f"{who}(q {[B, H, n_q, d]}, k and v {[B, G, n_k, d]}"
-                    + ("" if mask is None else f", mask {_shape(mask)}") + f") [{name}]")
+            what = (trf("{who}(q {[B, H, n_q, d]}, k and v {[B, G, n_k, d]}")
+                    + ("" if mask is None else trf(", mask {_shape(mask)}")) + f") [{name}]")
             try:
                 got = call(fn, q, k, v) if mask is None else call(fn, q, k, v, mask=mask)
             except NotImplementedYet:
                 raise
             except CheckFailed as e:
-                fail(f"{e}. Here q has H = {H} heads and k, v have G = {G}: each K/V head serves "
-                     f"n_rep = H // G = {H // G} query heads; expand k and v along dimension 1 "
-                     f"(the heads) before the matmuls")
+                fail(trf("{e}. Here q has H = {H} heads and k, v have G = {G}: each K/V head serves "
+                     "n_rep = H // G = {H // G} query heads; expand k and v along dimension 1 "
+                     "(the heads) before the matmuls"))
             expect_tensor(got, what)
             if tuple(got.shape) != (B, H, n_q, d):
-                fail(f"{what} has shape {_shape(got)}, expected [B, H, N_q, d] = {[B, H, n_q, d]}")
+                fail(trf("{what} has shape {_shape(got)}, expected [B, H, N_q, d] = {[B, H, n_q, d]}"))
             if got.dtype != dtype:
-                fail(f"{what} has dtype {got.dtype}, expected {dtype} (the dtype of q, k and v)")
+                fail(trf("{what} has dtype {got.dtype}, expected {dtype} (the dtype of q, k and v)"))
             if any(not torch.equal(a, b) for a, b in zip((q, k, v), saved)):
-                fail(f"{who} changed one of its inputs in place")
+                fail(trf("{who} changed one of its inputs in place"))
             want = _sdpa_gqa(q.double(), k.double(), v.double(), mask)
             tol = 1e-10 if dtype == torch.float64 else 1e-5
             if not _same(got, want, atol=tol):
@@ -249,36 +250,36 @@ def check_mean_pool_kv_heads(fn, seed: int = 0) -> None:
             for dtype in (torch.float32, torch.float64):
                 w = torch.randn(H * d, D, dtype=dtype)
                 saved = w.clone()
-                what = f"{who}(w {[H * d, D]}, n_heads={H}, n_kv_heads={G})"
+                what = trf("{who}(w {[H * d, D]}, n_heads={H}, n_kv_heads={G})")
                 got = call(fn, w, H, G)
                 expect_tensor(got, what)
                 if tuple(got.shape) != (G * d, D):
-                    fail(f"{what} has shape {_shape(got)}, expected [G * d_head, D] = {[G * d, D]} "
-                         f"(d_head = {H * d} // {H} = {d})")
+                    fail(trf("{what} has shape {_shape(got)}, expected [G * d_head, D] = {[G * d, D]} "
+                         "(d_head = {H * d} // {H} = {d})"))
                 if got.dtype != dtype:
-                    fail(f"{what} has dtype {got.dtype}, expected {dtype} (the dtype of w)")
+                    fail(trf("{what} has dtype {got.dtype}, expected {dtype} (the dtype of w)"))
                 if not torch.equal(w, saved):
-                    fail(f"{who} changed its input w in place")
+                    fail(trf("{who} changed its input w in place"))
                 want = _pool_oracle(w, H, G)
                 if _same(got, want, atol=1e-6):
                     n += 1
                     continue
                 r = H // G
                 if r > 1 and _same(got, want * r, atol=1e-5):
-                    fail(f"{what}: your rows are {r} times too large: you summed the {r} heads of "
-                         f"each group; take their mean, so that a group of identical heads pools to "
-                         f"that same head")
+                    fail(trf("{what}: your rows are {r} times too large: you summed the {r} heads of "
+                         "each group; take their mean, so that a group of identical heads pools to "
+                         "that same head"))
                 strided = w.reshape(r, G, d, D).mean(0).reshape(G * d, D)
                 if r > 1 and G > 1 and _same(got, strided, atol=1e-6):
-                    fail(f"{what}: you grouped heads {list(range(0, H, G))} together (strided: heads "
-                         f"h, h + G, ...); group g holds the consecutive heads g * H/G .. "
-                         f"(g + 1) * H/G - 1 = {list(range(r))} for g = 0, the heads that "
-                         f"repeat_interleave sends to K/V head g")
+                    fail(trf("{what}: you grouped heads {list(range(0, H, G))} together (strided: heads "
+                         "h, h + G, ...); group g holds the consecutive heads g * H/G .. "
+                         "(g + 1) * H/G - 1 = {list(range(r))} for g = 0, the heads that "
+                         "repeat_interleave sends to K/V head g"))
                 rows = w.reshape(G * d, r, D).mean(1)
                 if r > 1 and d > 1 and _same(got, rows, atol=1e-6):
-                    fail(f"{what}: you averaged groups of {r} consecutive *rows*; a head is a block "
-                         f"of d_head = {d} rows: reshape to [G, H/G, d_head, D] and average over "
-                         f"the H/G heads of each group")
+                    fail(trf("{what}: you averaged groups of {r} consecutive *rows*; a head is a block "
+                         "of d_head = {d} rows: reshape to [G, H/G, d_head, D] and average over "
+                         "the H/G heads of each group"))
                 expect_close(got, want, what, atol=1e-6)
     passed(fn, n)
 
@@ -297,20 +298,20 @@ def check_mla_cache_bytes(fn, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     extra = tuple(int(x) for x in torch.randint(1, 9, (6,), generator=g))
     for L, r, dr, N, B, nb in MLA_CASES + [extra]:
-        what = f"{who}(n_layers={L}, d_latent={r}, d_rope={dr}, seq_len={N}, batch={B}, bytes_per_element={nb})"
+        what = trf("{who}(n_layers={L}, d_latent={r}, d_rope={dr}, seq_len={N}, batch={B}, bytes_per_element={nb})")
         got = call(fn, L, r, dr, N, B, nb)
         want = L * (r + dr) * N * B * nb
         if isinstance(got, bool) or not isinstance(got, int):
-            fail(f"{what} returned {type(got).__name__} {got!r}, expected an int (a number of bytes)")
+            fail(trf("{what} returned {type(got).__name__} {got!r}, expected an int (a number of bytes)"))
         if got == want:
             n += 1
             continue
         if got == 2 * want:
-            fail(f"{what} is {got}, expected {want}: twice too much. An MLA cache holds no separate "
-                 f"keys and values: the latent c_kv stands for both, so there is no factor 2")
+            fail(trf("{what} is {got}, expected {want}: twice too much. An MLA cache holds no separate "
+                 "keys and values: the latent c_kv stands for both, so there is no factor 2"))
         if got == L * r * N * B * nb or got == 2 * L * r * N * B * nb:
-            fail(f"{what} is {got}, expected {want}: you left out the decoupled RoPE key "
-                 f"(d_rope = {dr} entries per layer and token)")
-        fail(f"{what} is {got}, expected n_layers * (d_latent + d_rope) * seq_len * batch * "
-             f"bytes_per_element = {want}")
+            fail(trf("{what} is {got}, expected {want}: you left out the decoupled RoPE key "
+                 "(d_rope = {dr} entries per layer and token)"))
+        fail(trf("{what} is {got}, expected n_layers * (d_latent + d_rope) * seq_len * batch * "
+             "bytes_per_element = {want}"))
     passed(fn, n)

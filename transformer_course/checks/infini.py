@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import call, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = ["check_memory_retrieve", "check_memory_update", "check_InfiniAttention"]
@@ -60,12 +61,12 @@ def retrieve_ref(q, M, z, bug=None):
 
 
 RETRIEVE_BUGS = {
-    "no_phi": "your output is what you get without sigma on the queries: the read is "
-              "sigma(Q) M / (sigma(Q) z) with sigma = elu + 1",
-    "no_norm": "your output is the numerator sigma(Q) M alone: divide by sigma(Q) z, so "
-               "that the read is a weighted average of the stored values",
-    "eps": "your output is what an eps added to the denominator gives: sigma > 0 makes "
-           "sigma(Q) z > 0 whenever the memory holds anything; treat only z = 0 apart",
+    "no_phi": tr("your output is what you get without sigma on the queries: the read is "
+              "sigma(Q) M / (sigma(Q) z) with sigma = elu + 1"),
+    "no_norm": tr("your output is the numerator sigma(Q) M alone: divide by sigma(Q) z, so "
+               "that the read is a weighted average of the stored values"),
+    "eps": tr("your output is what an eps added to the denominator gives: sigma > 0 makes "
+           "sigma(Q) z > 0 whenever the memory holds anything; treat only z = 0 apart"),
 }
 
 
@@ -91,34 +92,34 @@ def check_memory_retrieve(fn, seed: int = 0) -> None:
         expect_tensor(out, head)
         want = [*batch, n, d_v]
         if list(out.shape) != want:
-            fail(f"{head} has shape {list(out.shape)}, expected {want} = [..., N, d_v]: one "
-                 "row per query, as wide as the values")
+            fail(trf("{head} has shape {list(out.shape)}, expected {want} = [..., N, d_v]: one "
+                 "row per query, as wide as the values"))
         if out.dtype != dtype:
-            fail(f"{head} has dtype {out.dtype}, expected the inputs' dtype {dtype}")
+            fail(trf("{head} has dtype {out.dtype}, expected the inputs' dtype {dtype}"))
         if not (torch.equal(M, M0) and torch.equal(z, z0)):
-            fail(f"{head} changed M or z in place: a read must leave the memory as it is")
+            fail(trf("{head} changed M or z in place: a read must leave the memory as it is"))
         if not _close(out, retrieve_ref(q, M, z), _tol(dtype)):
             for bug, msg in RETRIEVE_BUGS.items():
                 if _close(out, retrieve_ref(q, M, z, bug), 1e-9 if bug == "eps" else 1e-4):
                     fail(f"{head}: {msg}")
             err = (out.detach().double().cpu() - retrieve_ref(q, M, z)).abs().max().item()
-            fail(f"{head} differs from sigma(q) M / (sigma(q) z) by up to {err:.3g}")
+            fail(trf("{head} differs from sigma(q) M / (sigma(q) z) by up to {err:.3g}"))
         n_cases += 1
     # the empty memory: z = 0 and M = 0 must read as zeros, not 0/0 = NaN
     for dtype in (torch.float64, torch.float32):
         q = torch.randn(2, 3, 5, 4, generator=torch.Generator().manual_seed(seed)).to(dtype)
         M, z = torch.zeros(2, 3, 4, 6, dtype=dtype), torch.zeros(2, 3, 4, dtype=dtype)
-        head = f"{who}(q {list(q.shape)}, an empty memory M = 0, z = 0)"
+        head = trf("{who}(q {list(q.shape)}, an empty memory M = 0, z = 0)")
         out = call(fn, q, M, z)
         expect_tensor(out, head)
         if list(out.shape) != [2, 3, 5, 6]:
-            fail(f"{head} has shape {list(out.shape)}, expected [2, 3, 5, 6]")
+            fail(trf("{head} has shape {list(out.shape)}, expected [2, 3, 5, 6]"))
         if torch.isnan(out).any():
-            fail(f"{head} contains NaN: 0/0 on the empty memory. Before the first segment "
+            fail(trf("{head} contains NaN: 0/0 on the empty memory. Before the first segment "
                  "has been written the memory holds nothing: return zeros where "
-                 "sigma(q) z = 0")
+                 "sigma(q) z = 0"))
         if not torch.equal(out, torch.zeros_like(out)):
-            fail(f"{head} is not all zeros: an empty memory has nothing to return")
+            fail(trf("{head} is not all zeros: an empty memory has nothing to return"))
         n_cases += 1
     passed(fn, n_cases)
 
@@ -142,12 +143,12 @@ def update_ref(k, v, M, z, delta, bug=None):
 
 
 UPDATE_BUGS = {
-    "delta_sign": "your M is what V + retrieved gives: the delta rule writes only what the "
-                  "memory does not already return, V - sigma(K) M / (sigma(K) z)",
-    "delta_no_norm": "your M is what V - sigma(K) M gives, without the normalizer: "
-                     "subtract the memory's read, sigma(K) M / (sigma(K) z)",
-    "no_z": "your z did not change: z + sum over the segment's positions of sigma(k_t)",
-    "z_raw": "your z adds the raw keys: z + sum_t sigma(k_t), sigma = elu + 1",
+    "delta_sign": tr("your M is what V + retrieved gives: the delta rule writes only what the "
+                  "memory does not already return, V - sigma(K) M / (sigma(K) z)"),
+    "delta_no_norm": tr("your M is what V - sigma(K) M gives, without the normalizer: "
+                     "subtract the memory's read, sigma(K) M / (sigma(K) z)"),
+    "no_z": tr("your z did not change: z + sum over the segment's positions of sigma(k_t)"),
+    "z_raw": tr("your z adds the raw keys: z + sum_t sigma(k_t), sigma = elu + 1"),
 }
 
 
@@ -167,25 +168,26 @@ def check_memory_update(fn, seed: int = 0) -> None:
         M, z = _memory(g, batch, d_k, d_v, stored, dtype)
         if stored == 0:
             M, z = torch.zeros_like(M), torch.zeros_like(z)
+        empty = tr("an empty memory, ") if stored == 0 else ""
         for delta in (False, True):
-            head = (f"{who}(k {list(k.shape)}, v {list(v.shape)}, M {list(M.shape)}, "
-                    f"{'an empty memory, ' if stored == 0 else ''}delta={delta})")
+            head = (trf("{who}(k {list(k.shape)}, v {list(v.shape)}, M {list(M.shape)}, "
+                    "{empty}delta={delta})"))
             M0, z0 = M.clone(), z.clone()
             got = call(fn, k, v, M, z, delta=delta)
             if not isinstance(got, (tuple, list)) or len(got) != 2:
-                fail(f"{head} returned {type(got).__name__}, expected a pair (M, z)")
+                fail(trf("{head} returned {type(got).__name__}, expected a pair (M, z)"))
             M2, z2 = got
             expect_tensor(M2, head + ": M")
             expect_tensor(z2, head + ": z")
             if list(M2.shape) != list(M.shape) or list(z2.shape) != list(z.shape):
-                fail(f"{head} returned M {list(M2.shape)}, z {list(z2.shape)}, expected "
-                     f"{list(M.shape)}, {list(z.shape)}: the memory's size never changes")
+                fail(trf("{head} returned M {list(M2.shape)}, z {list(z2.shape)}, expected "
+                     "{list(M.shape)}, {list(z.shape)}: the memory's size never changes"))
             if not (torch.equal(M, M0) and torch.equal(z, z0)):
-                fail(f"{head} changed the M or z passed in, in place (M += ...): return "
-                     "new tensors (M = M + ...)")
+                fail(trf("{head} changed the M or z passed in, in place (M += ...): return "
+                     "new tensors (M = M + ...)"))
             if torch.isnan(M2).any():
-                fail(f"{head}: M contains NaN: 0/0 when the delta rule reads the empty "
-                     "memory? An empty memory reads as zeros")
+                fail(trf("{head}: M contains NaN: 0/0 when the delta rule reads the empty "
+                     "memory? An empty memory reads as zeros"))
             want_m, want_z = update_ref(k, v, M, z, delta)
             tol = _tol(dtype)
             if not (_close(M2, want_m, tol) and _close(z2, want_z, tol)):
@@ -197,14 +199,14 @@ def check_memory_update(fn, seed: int = 0) -> None:
                             _close(M2, want_m, 1e-4) and _close(z2, want_z, 1e-4)):
                         fail(f"{head}: {msg}")
                 if delta and _close(M2, update_ref(k, v, M, z, False)[0], 1e-4):
-                    fail(f"{head}: your M is the linear update: with delta=True subtract "
-                         "what the memory already returns for these keys")
+                    fail(trf("{head}: your M is the linear update: with delta=True subtract "
+                         "what the memory already returns for these keys"))
                 if not delta and _close(M2, update_ref(k, v, M, z, True)[0], 1e-4):
-                    fail(f"{head}: your M is the delta rule's although delta=False")
+                    fail(trf("{head}: your M is the delta rule's although delta=False"))
                 what = "M" if not _close(M2, want_m, tol) else "z"
-                fail(f"{head}: {what} differs from M + sigma(K)^T "
-                     f"{'(V - sigma(K) M / (sigma(K) z))' if delta else 'V'}, "
-                     "z + sum_t sigma(k_t)")
+                fail(trf("{head}: {what} differs from M + sigma(K)^T "
+                     "{'(V - sigma(K) M / (sigma(K) z))' if delta else 'V'}, "
+                     "z + sum_t sigma(k_t)"))
             n_cases += 1
     # the delta rule's exact property: writing a stored pair again leaves M unchanged
     g = torch.Generator().manual_seed(seed + 10)
@@ -212,9 +214,9 @@ def check_memory_update(fn, seed: int = 0) -> None:
     M, z = _phi(k).transpose(-2, -1) @ v, _phi(k).sum(-2)
     M2, _ = call(fn, k, v, M, z, delta=True)
     if not _close(M2, M.double(), 1e-10):
-        fail(f"{who}(a pair already stored, written again, delta=True) changed M by up to "
-             f"{(M2.double() - M).abs().max().item():.3g}: the memory already returns v "
-             "for k, so V - sigma(K) M / (sigma(K) z) = 0 and nothing is written")
+        fail(trf("{who}(a pair already stored, written again, delta=True) changed M by up to "
+             "{(M2.double() - M).abs().max().item():.3g}: the memory already returns v "
+             "for k, so V - sigma(K) M / (sigma(K) z) = 0 and nothing is written"))
     passed(fn, n_cases + 1)
 
 
@@ -275,16 +277,16 @@ def infini_delta_ref(x, wq, wk, wv, wo, beta, n_heads, segment, delta=True):
 
 
 LAYER_BUGS = {
-    "sqrt_d_model": "your output is what scores divided by sqrt(d_model) give: scale the "
-                    "local attention by sqrt(d_head), the size of the vectors compared",
-    "current": "your output is what a memory that already holds the current segment gives: "
-               "read the memory first (earlier segments only), then write the segment",
-    "gate_head0": "your output is what one gate for all heads gives (beta[0]): the gate "
-                  "beta has one value per head, sigmoid(beta[h]) for head h",
-    "gate_swapped": "your output has the gate the wrong way round: out = sigmoid(beta) "
-                    "A_mem + (1 - sigmoid(beta)) A_local",
-    "shared_heads": "your output is what one memory shared by all heads gives: each head "
-                    "has its own M [d_head, d_head] and z [d_head]",
+    "sqrt_d_model": tr("your output is what scores divided by sqrt(d_model) give: scale the "
+                    "local attention by sqrt(d_head), the size of the vectors compared"),
+    "current": tr("your output is what a memory that already holds the current segment gives: "
+               "read the memory first (earlier segments only), then write the segment"),
+    "gate_head0": tr("your output is what one gate for all heads gives (beta[0]): the gate "
+                  "beta has one value per head, sigmoid(beta[h]) for head h"),
+    "gate_swapped": tr("your output has the gate the wrong way round: out = sigmoid(beta) "
+                    "A_mem + (1 - sigmoid(beta)) A_local"),
+    "shared_heads": tr("your output is what one memory shared by all heads gives: each head "
+                    "has its own M [d_head, d_head] and z [d_head]"),
 }
 
 
@@ -292,8 +294,8 @@ def _params(m):
     for name in ("q", "k", "v", "o"):
         lin = getattr(m, name, None)
         if not isinstance(lin, torch.nn.Linear):
-            fail(f"{type(m).__name__} needs nn.Linear projections q, k, v, o (as the "
-                 "given __init__ makes them)")
+            fail(trf("{type(m).__name__} needs nn.Linear projections q, k, v, o (as the "
+                 "given __init__ makes them)"))
     return m.q.weight, m.k.weight, m.v.weight, m.o.weight, m.beta
 
 
@@ -311,18 +313,18 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
             with torch.no_grad():
                 m.beta.copy_(torch.randn(n_heads) * 1.5)
             x = torch.randn(batch, n, d_model, dtype=torch.float64)
-        head = (f"{who}(d_model={d_model}, n_heads={n_heads}, segment={segment}) on x "
-                f"{list(x.shape)}")
+        head = (trf("{who}(d_model={d_model}, n_heads={n_heads}, segment={segment}) on x "
+                "{list(x.shape)}"))
         if list(m.beta.shape) != [n_heads]:
-            fail(f"{head}: beta has shape {list(m.beta.shape)}, expected [{n_heads}]: one "
-                 "gate per head")
+            fail(trf("{head}: beta has shape {list(m.beta.shape)}, expected [{n_heads}]: one "
+                 "gate per head"))
         out = call(m, x)
         expect_tensor(out, head)
         if list(out.shape) != list(x.shape):
-            fail(f"{head}: output shape {list(out.shape)}, expected {list(x.shape)}")
+            fail(trf("{head}: output shape {list(out.shape)}, expected {list(x.shape)}"))
         if torch.isnan(out).any():
-            fail(f"{head}: the output contains NaN: 0/0 when the first segment reads the "
-                 "empty memory? An empty memory reads as zeros")
+            fail(trf("{head}: the output contains NaN: 0/0 when the first segment reads the "
+                 "empty memory? An empty memory reads as zeros"))
         w = _params(m)
         want = infini_ref(x, *w, n_heads, segment)
         if not _close(out, want, 1e-9):
@@ -330,12 +332,12 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
                 if _close(out, infini_ref(x, *w, n_heads, segment, bug), 1e-8):
                     fail(f"{head}: {msg}")
             if _close(out, infini_ref(x, *w, n_heads, n), 1e-8):
-                fail(f"{head}: your output is one segment of plain causal attention: cut x "
-                     f"into segments of {segment} positions")
+                fail(trf("{head}: your output is one segment of plain causal attention: cut x "
+                     "into segments of {segment} positions"))
             err = (out.detach().double() - want).abs().max().item()
-            fail(f"{head}: differs from the reference by up to {err:.3g} (local causal "
+            fail(trf("{head}: differs from the reference by up to {err:.3g} (local causal "
                  "attention inside each segment, the memory of the earlier segments, "
-                 "gated per head)")
+                 "gated per head)"))
         n_cases += 1
     # delta=True: the layer writes with the delta rule (4 segments, the last one short)
     with seeded(seed + 3):
@@ -343,22 +345,22 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
         with torch.no_grad():
             m.beta.copy_(torch.tensor([0.8, -0.5, 1.6]))
         x = torch.randn(2, 15, 12, dtype=torch.float64)
-    head = f"{who}(d_model=12, n_heads=3, segment=4, delta=True) on x [2, 15, 12]"
+    head = trf("{who}(d_model=12, n_heads=3, segment=4, delta=True) on x [2, 15, 12]")
     out = call(m, x)
     expect_tensor(out, head)
     w = _params(m)
     if not _close(out, infini_delta_ref(x, *w, 3, 4), 1e-9):
         if _close(out, infini_delta_ref(x, *w, 3, 4, delta=False), 1e-8):
-            fail(f"{head}: your output is what the linear write gives: with delta=True "
+            fail(trf("{head}: your output is what the linear write gives: with delta=True "
                  "write each segment with the delta rule (pass delta=self.delta to "
-                 "memory_update)")
+                 "memory_update)"))
         if torch.isnan(out.detach()).any():
-            fail(f"{head}: the output contains NaN: 0/0 when the delta rule reads the empty "
-                 "memory? An empty memory reads as zeros")
+            fail(trf("{head}: the output contains NaN: 0/0 when the delta rule reads the empty "
+                 "memory? An empty memory reads as zeros"))
         err = (out.detach().double() - infini_delta_ref(x, *w, 3, 4)).abs().max().item()
-        fail(f"{head}: differs from the reference by up to {err:.3g} (each segment: read the "
+        fail(trf("{head}: differs from the reference by up to {err:.3g} (each segment: read the "
              "memory, then write the segment with the delta rule, M + sigma(K)^T (V - "
-             "sigma(K) M / (sigma(K) z)))")
+             "sigma(K) M / (sigma(K) z)))"))
     n_cases += 1
     # one segment, gate closed: plain causal multi-head attention
     with seeded(seed):
@@ -371,8 +373,8 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
     plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     plain = plain.transpose(1, 2).reshape(2, 6, 8) @ wo.T
     if not _close(call(m, x), plain.detach(), 1e-9):
-        fail(f"{who}: one segment with the gate closed (beta = -1e4) is not plain causal "
-             "attention (F.scaled_dot_product_attention, is_causal=True)")
+        fail(trf("{who}: one segment with the gate closed (beta = -1e4) is not plain causal "
+             "attention (F.scaled_dot_product_attention, is_causal=True)"))
     n_cases += 1
     # the memory carries across calls, and segment by segment equals one call
     with seeded(seed + 1):
@@ -385,24 +387,24 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
     call(m.reset_memory)
     again = call(m, x[:, :3]).detach()
     if not _close(again, whole[:, :3].double(), 1e-9):
-        fail(f"{who}: after reset_memory() the first segment's output differs from a fresh "
+        fail(trf("{who}: after reset_memory() the first segment's output differs from a fresh "
              "layer's: reset_memory() must empty the memory (a no-op, or a memory "
-             "zeroed in a copy?)")
+             "zeroed in a copy?)"))
     # ... all of it: after a reset, one call on two segments is a fresh layer's
     call(m.reset_memory)
     again = call(m, x[:, :6]).detach()
     if not _close(again, whole[:, :6].double(), 1e-9):
-        fail(f"{who}: after reset_memory() the first segment is right but the second "
+        fail(trf("{who}: after reset_memory() the first segment is right but the second "
              "differs from a fresh layer's, within one call: reset_memory() emptied only "
              "part of the memory. Empty both M and z (self.M = self.z = None): a z left "
-             "from the earlier calls still divides every read")
+             "from the earlier calls still divides every read"))
     n_cases += 1
     call(m.reset_memory)
     parts = torch.cat([call(m, x[:, i:i + 3]).detach() for i in (0, 3, 6)], 1)
     if not _close(parts, whole.double(), 1e-9):
-        fail(f"{who}: three calls of one segment each (after reset_memory()) differ from "
+        fail(trf("{who}: three calls of one segment each (after reset_memory()) differ from "
              "one call on the 9 positions: keep the memory (M, z) across calls, so that "
-             "a stream can be fed segment by segment")
+             "a stream can be fed segment by segment"))
     n_cases += 1
     # two layers, two memories
     with seeded(seed + 2):
@@ -412,9 +414,9 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
     call(b.reset_memory)
     call(a, x[:, 3:9])
     if not _close(call(b, x[:, :3]).detach(), first_b.double(), 1e-9):
-        fail(f"{who}: writing to one layer's memory changed another layer's: each "
+        fail(trf("{who}: writing to one layer's memory changed another layer's: each "
              "InfiniAttention keeps its own memory (self.M, not a class attribute or a "
-             "global)")
+             "global)"))
     n_cases += 1
     # the memory carried across calls is detached: a second call can be backpropagated
     m = call(cls, 8, 2, 3)
@@ -424,8 +426,8 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
         m(x).sum().backward()
     except RuntimeError as e:
         if "second time" in str(e) or "freed" in str(e):
-            fail(f"{who}: backward through a second call failed ('{str(e)[:60]}...'): "
+            fail(trf("{who}: backward through a second call failed ('{str(e)[:60]}...'): "
                  "the memory kept for the next call still holds the first call's graph. "
-                 "Store it detached (M.detach())")
+                 "Store it detached (M.detach())"))
         raise
     passed(cls, n_cases + 1)

@@ -16,6 +16,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import (call, describe, expect_tensor, fail, name_of, passed, seeded)
 
 __all__ = ["check_kv_cache_bytes", "check_decode_mask", "check_KVCache", "lower_right_oracle",
@@ -46,19 +47,20 @@ def check_kv_cache_bytes(fn, seed: int = 0) -> None:
         got = call(fn, **args)
         want = _formula(*case)
         if isinstance(got, bool) or not isinstance(got, numbers.Integral):
-            fail(f"{who}({shown}) returned {describe(got)} ({type(got).__name__}), expected an int: "
-                 f"bytes are whole numbers (use integer arithmetic, no / and no float factors)")
+            fail(trf("{who}({shown}) returned {describe(got)} ({type(got).__name__}), expected an int: "
+                 "bytes are whole numbers (use integer arithmetic, no / and no float factors)"))
         if got == want:
             continue
         L, G, d, N, B, b = case
-        hints = [(want // 2, "you dropped the factor 2: the cache holds keys AND values"),
-                 (want * 8, "that is bits, not bytes: bytes_per_element is already in bytes")]
-        hints += [(want // f, f"you left out {name} = {f}") for name, f in zip(names, case) if f > 1]
+        hints = [(want // 2, tr("you dropped the factor 2: the cache holds keys AND values")),
+                 (want * 8, tr("that is bits, not bytes: bytes_per_element is already in bytes"))]
+        hints += [(want // f, trf("you left out {name} = {f}")) for name, f in zip(names, case) if f > 1]
         named = [hint for value, hint in hints if want and got == value]
         if named:          # several only where two factors are equal: name every candidate
-            fail(f"{who}({shown}) = {got}, expected 2 * {L} * {G} * {d} * {N} * {B} * {b} = "
-                 f"{want}: {'; or '.join(named)}")
-        fail(f"{who}({shown}) = {got}, expected 2 * {L} * {G} * {d} * {N} * {B} * {b} = {want}")
+            options = tr("; or ").join(named)
+            fail(trf("{who}({shown}) = {got}, expected 2 * {L} * {G} * {d} * {N} * {B} * {b} = "
+                 "{want}: {options}"))
+        fail(trf("{who}({shown}) = {got}, expected 2 * {L} * {G} * {d} * {N} * {B} * {b} = {want}"))
     passed(fn, len(cases))
 
 
@@ -91,11 +93,11 @@ def check_decode_mask(fn, seed: int = 0) -> None:
         what = f"{who}(n_q={n_q}, n_k={n_k})"
         got = expect_tensor(call(fn, n_q, n_k), what)
         if tuple(got.shape) != (n_q, n_k):
-            fail(f"{what} has shape {list(got.shape)}, expected [n_q, n_k] = {[n_q, n_k]}: one row per "
-                 f"new query, one column per key (cached and new)")
+            fail(trf("{what} has shape {list(got.shape)}, expected [n_q, n_k] = {[n_q, n_k]}: one row per "
+                 "new query, one column per key (cached and new)"))
         if got.dtype != torch.bool:
-            fail(f"{what} has dtype {got.dtype}, expected torch.bool (True = may attend), the "
-                 f"convention of F.scaled_dot_product_attention and chapter 03")
+            fail(trf("{what} has dtype {got.dtype}, expected torch.bool (True = may attend), the "
+                 "convention of F.scaled_dot_product_attention and chapter 03"))
         got = got.cpu()
         want = lower_right_oracle(n_q, n_k)
         if torch.equal(got, want):
@@ -104,35 +106,35 @@ def check_decode_mask(fn, seed: int = 0) -> None:
         j = torch.arange(n_k)[None, :]
         shift = n_k - n_q
         known = [
-            (j <= i, "your mask is aligned top-left, like torch.ones(n_q, n_k).tril() and "
+            (j <= i, tr("your mask is aligned top-left, like torch.ones(n_q, n_k).tril() and "
                      "F.scaled_dot_product_attention(is_causal=True): the new queries are the LAST "
-                     "n_q positions, so query i sees keys j <= i + n_k - n_q (bottom-right)"),
-            (~want, "your mask is inverted: True must mean 'may attend'"),
-            (j < i + shift, "off by one: query i must also see its own key, j = i + n_k - n_q "
-                            "(use <=, not <)"),
-            (j <= i + shift + 1, "off by one: query i sees one future key, j = i + n_k - n_q + 1"),
-            (j <= i + shift - 1, "off by one: query i misses its own key j = i + n_k - n_q"),
-            (j >= i + shift, "your mask is transposed (upper triangle): query i sees the keys "
-                             "j <= i + n_k - n_q, the past, not the future"),
+                     "n_q positions, so query i sees keys j <= i + n_k - n_q (bottom-right)")),
+            (~want, tr("your mask is inverted: True must mean 'may attend'")),
+            (j < i + shift, tr("off by one: query i must also see its own key, j = i + n_k - n_q "
+                            "(use <=, not <)")),
+            (j <= i + shift + 1, tr("off by one: query i sees one future key, j = i + n_k - n_q + 1")),
+            (j <= i + shift - 1, tr("off by one: query i misses its own key j = i + n_k - n_q")),
+            (j >= i + shift, tr("your mask is transposed (upper triangle): query i sees the keys "
+                             "j <= i + n_k - n_q, the past, not the future")),
         ]
         for mask, hint in known:
             if torch.equal(got, mask):
-                fail(f"{what} = {_show(got)}, expected {_show(want)}: {hint}")
+                fail(trf("{what} = {_show(got)}, expected {_show(want)}: {hint}"))
         bad = torch.nonzero(got != want)[0].tolist()
-        fail(f"{what} = {_show(got)}, expected {_show(want)} (rows are queries): at query {bad[0]}, "
-             f"key {bad[1]} you have {bool(got[bad[0], bad[1]])}; query i sees keys j <= i + n_k - n_q")
+        fail(trf("{what} = {_show(got)}, expected {_show(want)} (rows are queries): at query {bad[0]}, "
+             "key {bad[1]} you have {bool(got[bad[0], bad[1]])}; query i sees keys j <= i + n_k - n_q"))
     passed(fn, len(cases))
 
 
 # --- KVCache -----------------------------------------------------------------------------------
 
-_DIM_NAMES = {0: "0 (the batch B)", 1: "1 (the heads G)", 3: "3 (the features d_head)"}
+_DIM_NAMES = {0: tr("0 (the batch B)"), 1: tr("1 (the heads G)"), 3: tr("3 (the features d_head)")}
 
 
 def _length(cache, what: str) -> int:
     n = call(cache.__len__)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        fail(f"len({what}) returned {describe(n)}, expected an int: the number of cached positions")
+        fail(trf("len({what}) returned {describe(n)}, expected an int: the number of cached positions"))
     return int(n)
 
 
@@ -163,48 +165,48 @@ class _Oracle:
 
 def _expect_update(got, want_k, want_v, new_k, new_v, oracle, layer, what, context):
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        fail(f"{what} returned {describe(got)}, expected a pair (k_all, v_all)")
+        fail(trf("{what} returned {describe(got)}, expected a pair (k_all, v_all)"))
     for name, t, want, new, other in (("k_all", got[0], want_k, new_k, want_v),
                                       ("v_all", got[1], want_v, new_v, want_k)):
         expect_tensor(t, f"{what}: {name}")
         if tuple(t.shape) != tuple(want.shape):
             if tuple(t.shape) == tuple(new.shape):
-                fail(f"{what} returned {name} of shape {list(t.shape)}, only the new positions; "
-                     f"expected {list(want.shape)}: update returns every key and value of this "
-                     f"layer so far, cached and new ({context})")
+                fail(trf("{what} returned {name} of shape {list(t.shape)}, only the new positions; "
+                     "expected {list(want.shape)}: update returns every key and value of this "
+                     "layer so far, cached and new ({context})"))
             for dim, dim_name in _DIM_NAMES.items():
                 old = list(want.shape)
                 old[-2] -= new.shape[-2]
                 glued = list(new.shape)
                 glued[dim] += old[dim]
                 if old[-2] > 0 and list(t.shape) == glued:
-                    fail(f"{what} returned {name} of shape {list(t.shape)}, expected "
-                         f"{list(want.shape)}: you concatenated along dimension {dim_name}; the "
-                         f"positions are dimension 2 (-2) of [B, G, N, d_head]")
+                    fail(trf("{what} returned {name} of shape {list(t.shape)}, expected "
+                         "{list(want.shape)}: you concatenated along dimension {dim_name}; the "
+                         "positions are dimension 2 (-2) of [B, G, N, d_head]"))
             if tuple(t.shape) == tuple(other.shape) and t.shape[-1] != want.shape[-1]:
-                fail(f"{what} returned {name} of shape {list(t.shape)}, expected "
-                     f"{list(want.shape)}: keys and values are swapped (return (k_all, v_all))")
+                fail(trf("{what} returned {name} of shape {list(t.shape)}, expected "
+                     "{list(want.shape)}: keys and values are swapped (return (k_all, v_all))"))
             if t.shape[:2] == want.shape[:2] and t.shape[-1] == want.shape[-1] and \
                     t.shape[-2] > want.shape[-2]:
-                fail(f"{what} returned {name} with {t.shape[-2]} positions, expected "
-                     f"{want.shape[-2]}: it holds positions of other layers too. Each layer needs "
-                     f"its own keys and values (its own w_k and w_v made them): keep one entry per "
-                     f"layer ({context})")
-            fail(f"{what} returned {name} of shape {list(t.shape)}, expected {list(want.shape)} "
-                 f"({context})")
+                fail(trf("{what} returned {name} with {t.shape[-2]} positions, expected "
+                     "{want.shape[-2]}: it holds positions of other layers too. Each layer needs "
+                     "its own keys and values (its own w_k and w_v made them): keep one entry per "
+                     "layer ({context})"))
+            fail(trf("{what} returned {name} of shape {list(t.shape)}, expected {list(want.shape)} "
+                 "({context})"))
         if not torch.equal(t.cpu(), want):
             for other_layer in range(len(oracle.k)):
                 if other_layer != layer and oracle.k[other_layer]:
                     ok, ov = oracle.all(other_layer)
                     theirs = ok if name == "k_all" else ov
                     if theirs.shape == t.shape and torch.equal(t.cpu(), theirs):
-                        fail(f"{what} returned the {name} of layer {other_layer}: each layer keeps "
-                             f"its own keys and values ({context})")
+                        fail(trf("{what} returned the {name} of layer {other_layer}: each layer keeps "
+                             "its own keys and values ({context})"))
             if want.shape[-2] > new.shape[-2] and torch.equal(t[..., -new.shape[-2]:, :].cpu(), new):
-                fail(f"{what}: the new positions are right but the cached ones before them are "
-                     f"not what this layer was given earlier ({context})")
-            fail(f"{what} returned {name} that differs from the cached positions followed by the "
-                 f"new ones, torch.cat([cached, new], dim=-2) ({context})")
+                fail(trf("{what}: the new positions are right but the cached ones before them are "
+                     "not what this layer was given earlier ({context})"))
+            fail(trf("{what} returned {name} that differs from the cached positions followed by the "
+                 "new ones, torch.cat([cached, new], dim=-2) ({context})"))
 
 
 def check_KVCache(cls, seed: int = 0) -> None:
@@ -222,7 +224,7 @@ def check_KVCache(cls, seed: int = 0) -> None:
             cache = call(cls, n_layers)
             what = f"{who}({n_layers})"
             if _length(cache, what) != 0:
-                fail(f"len({what}) is {_length(cache, what)} when nothing was cached, expected 0")
+                fail(trf("len({what}) is {_length(cache, what)} when nothing was cached, expected 0"))
             oracle = _Oracle(n_layers)
             total = 0
             for step, n_new in enumerate(chunks):
@@ -234,16 +236,16 @@ def check_KVCache(cls, seed: int = 0) -> None:
                     k = torch.randn(B, G, n_new, d)
                     v = torch.randn(B, G, n_new, d_v)
                     want_k, want_v = oracle.update(layer, k, v)
-                    ctx = (f"after updates of {chunks[:step]} positions and now {n_new} new, "
-                           f"k [B, G, N_new, d_head] = {list(k.shape)}")
+                    ctx = (trf("after updates of {chunks[:step]} positions and now {n_new} new, "
+                           "k [B, G, N_new, d_head] = {list(k.shape)}"))
                     got = call(cache.update, layer, k.clone(), v.clone())
                     _expect_update(got, want_k, want_v, k, v, oracle, layer,
-                                   f"{what}.update(layer={layer}, ...)", ctx)
+                                   trf("{what}.update(layer={layer}, ...)"), ctx)
                     n += 1
                 length = _length(cache, what)
                 if length != total:
-                    fail(f"len({what}) is {length} after every layer received {chunks[:step + 1]} "
-                         f"positions, expected {total}")
+                    fail(trf("len({what}) is {length} after every layer received {chunks[:step + 1]} "
+                         "positions, expected {total}"))
             # crop: rewind to the first `keep` positions, then decode on from there
             keep = total - min(3, total - 1)
             before = [oracle.all(layer)[0] for layer in range(n_layers)]
@@ -251,36 +253,36 @@ def check_KVCache(cls, seed: int = 0) -> None:
             oracle.crop(keep)
             length = _length(cache, what)
             if length != keep:
-                fail(f"len({what}) is {length} after crop({keep}) of {total} positions, expected "
-                     f"{keep}: crop must shrink the cache")
+                fail(trf("len({what}) is {length} after crop({keep}) of {total} positions, expected "
+                     "{keep}: crop must shrink the cache"))
             for layer in range(n_layers):
                 k, v = torch.randn(B, G, 2, d), torch.randn(B, G, 2, d_v)
                 want_k, want_v = oracle.update(layer, k, v)
                 got = call(cache.update, layer, k.clone(), v.clone())
-                ctx = f"after crop({keep}) of {total} positions, 2 new"
+                ctx = trf("after crop({keep}) of {total} positions, 2 new")
                 if isinstance(got, (tuple, list)) and len(got) == 2 and \
                         isinstance(got[0], torch.Tensor) and got[0].dim() == 4:
                     if got[0].shape[-2] == total + 2:
-                        fail(f"{what}: after crop({keep}) of {total} positions, update returned "
-                             f"{total + 2} positions, expected {keep + 2}: crop did not shrink the "
-                             f"cache of layer {layer}")
+                        fail(trf("{what}: after crop({keep}) of {total} positions, update returned "
+                             "{total + 2} positions, expected {keep + 2}: crop did not shrink the "
+                             "cache of layer {layer}"))
                     _crop_end_hint(got[0].cpu(), what, keep, total, before[layer])
                 _expect_update(got, want_k, want_v, k, v, oracle, layer,
-                               f"{what}.update(layer={layer}, ...)", ctx)
+                               trf("{what}.update(layer={layer}, ...)"), ctx)
                 n += 1
             # crop to the full length keeps everything; crop(0) empties
             now = _length(cache, what)
             call(cache.crop, now)
             if _length(cache, what) != now:
-                fail(f"len({what}) is {_length(cache, what)} after crop({now}) of {now} positions, "
-                     f"expected {now} (nothing to drop)")
+                fail(trf("len({what}) is {_length(cache, what)} after crop({now}) of {now} positions, "
+                     "expected {now} (nothing to drop)"))
             # reset: empty, and a new prompt (another batch size) starts from nothing
             call(cache.reset)
             oracle.reset()
             length = _length(cache, what)
             if length != 0:
-                fail(f"len({what}) is {length} after reset(), expected 0: reset must forget the "
-                     f"length too")
+                fail(trf("len({what}) is {length} after reset(), expected 0: reset must forget the "
+                     "length too"))
             B2 = B                                     # stale tensors would concatenate
             for layer in range(n_layers):
                 k, v = torch.randn(B2, G, 3, d), torch.randn(B2, G, 3, d_v)
@@ -288,16 +290,16 @@ def check_KVCache(cls, seed: int = 0) -> None:
                 got = call(cache.update, layer, k.clone(), v.clone())
                 if isinstance(got, (tuple, list)) and len(got) == 2 and \
                         isinstance(got[0], torch.Tensor) and tuple(got[0].shape) != (B2, G, 3, d):
-                    fail(f"{what}: after reset(), update(layer={layer}) with k of shape "
-                         f"{[B2, G, 3, d]} (a new prompt) returned k_all of shape "
-                         f"{list(got[0].shape)}, expected {[B2, G, 3, d]}: reset() did not empty "
-                         f"the cache of layer {layer}")
+                    fail(trf("{what}: after reset(), update(layer={layer}) with k of shape "
+                         "{[B2, G, 3, d]} (a new prompt) returned k_all of shape "
+                         "{list(got[0].shape)}, expected {[B2, G, 3, d]}: reset() did not empty "
+                         "the cache of layer {layer}"))
                 _expect_update(got, want_k, want_v, k, v, oracle, layer,
-                               f"{what}.update(layer={layer}, ...)", "after reset()")
+                               trf("{what}.update(layer={layer}, ...)"), tr("after reset()"))
                 n += 1
             if _length(cache, what) != 3:
-                fail(f"len({what}) is {_length(cache, what)} after reset() and 3 new positions, "
-                     f"expected 3")
+                fail(trf("len({what}) is {_length(cache, what)} after reset() and 3 new positions, "
+                     "expected 3"))
     passed(cls, n)
 
 
@@ -306,8 +308,8 @@ def _crop_end_hint(k_all, what, keep, total, old_k):
     if k_all.shape[-2] != keep + 2 or keep == total:
         return
     if torch.equal(k_all[..., :keep, :], old_k[..., total - keep:, :]):
-        fail(f"{what}: after crop({keep}) of {total} positions the cache holds the LAST {keep} "
-             f"positions; crop(n) keeps the FIRST n (rewinding drops the newest tokens)")
+        fail(trf("{what}: after crop({keep}) of {total} positions the cache holds the LAST {keep} "
+             "positions; crop(n) keeps the FIRST n (rewinding drops the newest tokens)"))
 
 
 # --- llama2_70b_kv_cache_bytes -------------------------------------------------------------------
@@ -322,24 +324,25 @@ def check_llama2_70b_kv_cache_bytes(fn, seed: int = 0) -> None:
     with seeded(seed):
         cases += [(int(torch.randint(1, 5000, ())), int(torch.randint(1, 64, ())), 2)]
     for seq_len, batch, b in cases:
-        what = f"{who}(seq_len={seq_len}, batch={batch}, bytes_per_element={b})"
+        what = trf("{who}(seq_len={seq_len}, batch={batch}, bytes_per_element={b})")
         got = call(fn, seq_len, batch, b) if b != 2 else call(fn, seq_len, batch)
         if isinstance(got, bool) or not isinstance(got, numbers.Integral):
-            fail(f"{what} returned {describe(got)} ({type(got).__name__}), expected an int")
+            fail(trf("{what} returned {describe(got)} ({type(got).__name__}), expected an int"))
         want = _formula(80, 8, 128, seq_len, batch, b)
         if got == want:
             continue
         hints = [(_formula(80, 64, 128, seq_len, batch, b),
-                  "you cached 64 x 128 = 8192 numbers per layer and token for the keys (the 64 "
+                  tr("you cached 64 x 128 = 8192 numbers per layer and token for the keys (the 64 "
                   "query heads, or d_model); the cache holds the 8 K/V heads of 128 (n_kv_heads = "
-                  "8: grouped-query attention shares each K/V head among 8 query heads)"),
-                 (want // 2, "you dropped the factor 2: keys AND values"),
+                  "8: grouped-query attention shares each K/V head among 8 query heads)")),
+                 (want // 2, tr("you dropped the factor 2: keys AND values")),
                  (_formula(80, 8, 128, seq_len, batch, 1),
-                  "you left out bytes_per_element: multiply by it"),
+                  tr("you left out bytes_per_element: multiply by it")),
                  (_formula(80, 8, 128, seq_len, batch, 2),
-                  "you used 2 bytes per element whatever bytes_per_element says: pass it on")]
+                  tr("you used 2 bytes per element whatever bytes_per_element says: pass it on"))]
         named = [hint for value, hint in hints if got == value and value != want]
         if named:
-            fail(f"{what} = {got}, expected {want}: {'; or '.join(named)}")
-        fail(f"{what} = {got}, expected 2 * 80 * 8 * 128 * {seq_len} * {batch} * {b} = {want}")
+            options = tr("; or ").join(named)
+            fail(trf("{what} = {got}, expected {want}: {options}"))
+        fail(trf("{what} = {got}, expected 2 * 80 * 8 * 128 * {seq_len} * {batch} * {b} = {want}"))
     passed(fn, len(cases))

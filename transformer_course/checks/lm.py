@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..i18n import tr, trf
 from transformer_course.checks import (beside, call, describe, expect_close, expect_tensor,
                                        fail, name_of, passed, seeded)
 
@@ -109,24 +110,24 @@ def _attention_oracle(mod, cfg, x, cos=None, sin=None, chunks=None, rope_v=False
 
 
 ATTENTION_MISTAKES = [  # (what to change in the oracle, the message)
-    (dict(rope_v=True), "you rotate the values too: RoPE turns queries and keys only (the "
-                        "values carry content, not position)"),
-    (dict(pairing="half"), "you pair dimension i with i + d_head/2 (Llama's rotate_half); this "
-                           "model turns the pairs (2i, 2i+1), as positions.rotate_pairs does"),
-    (dict(rope_site="before-transpose"), "you apply RoPE before moving the heads axis: on "
+    (dict(rope_v=True), tr("you rotate the values too: RoPE turns queries and keys only (the "
+                        "values carry content, not position)")),
+    (dict(pairing="half"), tr("you pair dimension i with i + d_head/2 (Llama's rotate_half); this "
+                           "model turns the pairs (2i, 2i+1), as positions.rotate_pairs does")),
+    (dict(rope_site="before-transpose"), tr("you apply RoPE before moving the heads axis: on "
      "[B, N, heads, d_head] the axis RoPE reads as positions is the heads. Split the heads "
-     "first ([B, heads, N, d_head]), then rotate"),
-    (dict(split="no-transpose"), "your head split mixes positions and heads: view(B, N, heads, "
-                                 "d_head) then transpose(1, 2), not view(B, heads, N, d_head)"),
-    (dict(kv="tile"), "query head h must read K/V head h // (n_heads / n_kv_heads) "
+     "first ([B, heads, N, d_head]), then rotate")),
+    (dict(split="no-transpose"), tr("your head split mixes positions and heads: view(B, N, heads, "
+                                 "d_head) then transpose(1, 2), not view(B, heads, N, d_head)")),
+    (dict(kv="tile"), tr("query head h must read K/V head h // (n_heads / n_kv_heads) "
                       "(repeat_interleave, as gqa.repeat_kv), yours reads h % n_kv_heads "
-                      "(the tile order of .repeat)"),
-    (dict(mask="none"), "your attention has no causal mask: token p must not see keys after p"),
-    (dict(mask="no-window"), "your attention ignores cfg.window: with a window W, position p "
-                             "sees only keys p - W + 1 .. p (long_attention.window_mask)"),
-    (dict(mask="top-left"), "with a cache the new queries are the LAST positions: the causal "
+                      "(the tile order of .repeat)")),
+    (dict(mask="none"), tr("your attention has no causal mask: token p must not see keys after p")),
+    (dict(mask="no-window"), tr("your attention ignores cfg.window: with a window W, position p "
+                             "sees only keys p - W + 1 .. p (long_attention.window_mask)")),
+    (dict(mask="top-left"), tr("with a cache the new queries are the LAST positions: the causal "
                             "mask must be aligned bottom-right (kv_cache.decode_mask(N, n_k)); "
-                            "yours is top-left, as F.scaled_dot_product_attention's is_causal"),
+                            "yours is top-left, as F.scaled_dot_product_attention's is_causal")),
 ]
 
 
@@ -166,12 +167,12 @@ def _randomize(mod, seed):
 def _expect_linear(mod, name, shape, who):
     lin = getattr(mod, name, None)
     if not isinstance(lin, nn.Module) or not hasattr(lin, "weight"):
-        fail(f"{who} should have a part {name} (an nn.Linear), got {describe(lin)}")
+        fail(trf("{who} should have a part {name} (an nn.Linear), got {describe(lin)}"))
     if tuple(lin.weight.shape) != shape:
-        fail(f"{who}.{name}.weight has shape {list(lin.weight.shape)}, expected {list(shape)} "
-             f"(nn.Linear(in, out) stores [out, in])")
+        fail(trf("{who}.{name}.weight has shape {list(lin.weight.shape)}, expected {list(shape)} "
+             "(nn.Linear(in, out) stores [out, in])"))
     if getattr(lin, "bias", None) is not None:
-        fail(f"{who}.{name} has a bias: Llama-style projections have none (bias=False)")
+        fail(trf("{who}.{name} has a bias: Llama-style projections have none (bias=False)"))
 
 
 ATTENTION_CASES = [  # (cfg changes, B, N, chunks or None, rope)
@@ -191,11 +192,11 @@ def check_Attention(cls, seed: int = 0) -> None:
     for i, (changes, B, N, chunks, rope) in enumerate(ATTENTION_CASES):
         cfg = _cfg(**changes)
         H, G, d, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
-        shown = (f"{who}(cfg with d_model={D}, n_heads={H}, n_kv_heads={G}"
-                 + (f", window={cfg.window}" if cfg.window else "") + ")")
+        shown = (trf("{who}(cfg with d_model={D}, n_heads={H}, n_kv_heads={G}")
+                 + (trf(", window={cfg.window}") if cfg.window else "") + ")")
         mod = call(cls, cfg)
         if not isinstance(mod, nn.Module):
-            fail(f"{shown} should be an nn.Module, got {describe(mod)}")
+            fail(trf("{shown} should be an nn.Module, got {describe(mod)}"))
         for name, shape in (("w_q", (H * d, D)), ("w_k", (G * d, D)), ("w_v", (G * d, D)),
                             ("w_o", (D, H * d))):
             _expect_linear(mod, name, shape, shown)
@@ -204,11 +205,11 @@ def check_Attention(cls, seed: int = 0) -> None:
         with seeded(seed * 100 + i):
             x = torch.randn(B, N, D, dtype=torch.float64)
         cos, sin = _tables(cfg, torch.arange(N)) if rope else (None, None)
-        what = f"{shown} on x [{B}, {N}, {D}]" + ("" if rope else " with rope=None")
+        what = trf("{shown} on x [{B}, {N}, {D}]") + ("" if rope else tr(" with rope=None"))
         if chunks is None:
             got = call(mod, x, None if cos is None else (cos, sin))
         else:
-            what += f", fed in chunks of {chunks} through a KVCache"
+            what += trf(", fed in chunks of {chunks} through a KVCache")
             ropes, start = [], 0
             for c in chunks:
                 ropes.append(None if cos is None else (cos[start:start + c],
@@ -216,11 +217,11 @@ def check_Attention(cls, seed: int = 0) -> None:
                 start += c
             got, cached = beside(_run_chunks, mod)(x, chunks, ropes, 3, 1)
             if cached != N:
-                fail(f"{what}: the cache holds {cached} positions afterwards, expected {N}: "
-                     f"append the new keys and values with cache.update(layer, k, v)")
+                fail(trf("{what}: the cache holds {cached} positions afterwards, expected {N}: "
+                     "append the new keys and values with cache.update(layer, k, v)"))
         expect_tensor(got, what)
         if tuple(got.shape) != (B, N, D):
-            fail(f"{what} has shape {list(got.shape)}, expected {[B, N, D]}")
+            fail(trf("{what} has shape {list(got.shape)}, expected {[B, N, D]}"))
         kw = dict(cos=cos, sin=sin, chunks=chunks)
         make = lambda **k: _attention_oracle(mod, cfg, x, **k)
         _diagnose(got, make(**kw), kw, make, what)
@@ -266,31 +267,31 @@ def check_Block(cls, seed: int = 0) -> None:
              dict(norm="layer"), dict(norm_position="post", d_ff=40)]
     for i, changes in enumerate(cases):
         cfg = _cfg(**changes)
-        shown = (f"{who}(cfg with norm={cfg.norm!r}, norm_position={cfg.norm_position!r}, "
-                 f"ffn={cfg.ffn!r})")
+        shown = (trf("{who}(cfg with norm={cfg.norm!r}, norm_position={cfg.norm_position!r}, "
+                 "ffn={cfg.ffn!r})"))
         block = call(cls, cfg)
         if not isinstance(block, nn.Module):
-            fail(f"{shown} should be an nn.Module, got {describe(block)}")
+            fail(trf("{shown} should be an nn.Module, got {describe(block)}"))
         norm_type = RMSNorm if cfg.norm == "rms" else nn.LayerNorm
         ffn_type = SwiGLU if cfg.ffn == "swiglu" else FeedForward
         for name, want in (("attn_norm", norm_type), ("ffn_norm", norm_type),
                            ("ffn", ffn_type)):
             part = getattr(block, name, None)
             if getattr(part, "__class__", type(part)).__name__ != want.__name__:
-                fail(f"{shown}.{name} should be a {want.__name__} (make_norm / make_ffn of "
-                     f"the config), got {describe(part)}")
+                fail(trf("{shown}.{name} should be a {want.__name__} (make_norm / make_ffn of "
+                     "the config), got {describe(part)}"))
         if not isinstance(getattr(block, "attn", None), nn.Module):
-            fail(f"{shown} should have a part attn (Attention(cfg))")
+            fail(trf("{shown} should have a part attn (Attention(cfg))"))
         block = block.double()
         _randomize(block, seed * 10 + i)
         with seeded(seed * 10 + i):
             x = torch.randn(2, 6, cfg.d_model, dtype=torch.float64)
         rope = _tables(cfg, torch.arange(6))
-        what = f"{shown} on x [2, 6, {cfg.d_model}]"
+        what = trf("{shown} on x [2, 6, {cfg.d_model}]")
         got = call(block, x, rope)
         expect_tensor(got, what)
         if tuple(got.shape) != tuple(x.shape):
-            fail(f"{what} has shape {list(got.shape)}, expected {list(x.shape)}")
+            fail(trf("{what} has shape {list(got.shape)}, expected {list(x.shape)}"))
         pre = cfg.norm_position == "pre"
         with torch.no_grad():
             want = _block_oracle(block, x, rope, pre)
@@ -298,29 +299,29 @@ def check_Block(cls, seed: int = 0) -> None:
                 other = "post" if pre else "pre"
                 hints = [
                     (dict(wiring=other),
-                     "you normalize after the residual sum, norm(x + f(x)): that is "
-                     "post-norm; pre-norm is x + f(norm(x))" if pre else
-                     "you wrote pre-norm x + f(norm(x)); post-norm (2017) is norm(x + f(x))"),
-                    (dict(wiring="branch"), "you normalize the sublayer's output, x + "
-                     "norm(f(x)); pre-norm normalizes its input: x + f(norm(x))"),
-                    (dict(swap=True), "attn_norm and ffn_norm are swapped: attn_norm goes "
-                                      "with attention, ffn_norm with the FFN"),
-                    (dict(wiring="no-residual"), "the residual connections are missing: "
-                                                 "add the sublayer's input back"),
+                     tr("you normalize after the residual sum, norm(x + f(x)): that is "
+                     "post-norm; pre-norm is x + f(norm(x))") if pre else
+                     tr("you wrote pre-norm x + f(norm(x)); post-norm (2017) is norm(x + f(x))")),
+                    (dict(wiring="branch"), tr("you normalize the sublayer's output, x + "
+                     "norm(f(x)); pre-norm normalizes its input: x + f(norm(x))")),
+                    (dict(swap=True), tr("attn_norm and ffn_norm are swapped: attn_norm goes "
+                                      "with attention, ffn_norm with the FFN")),
+                    (dict(wiring="no-residual"), tr("the residual connections are missing: "
+                                                 "add the sublayer's input back")),
                 ]
                 for change, message in hints:
                     cand = _block_oracle(block, x, rope, pre, **change)
                     if torch.allclose(got.double(), cand, atol=1e-9, rtol=1e-7):
                         fail(f"{what}: {message}")
                 expect_close(got, want, what, atol=1e-9, rtol=1e-7,
-                             hint="The oracle calls your block's own parts in the order "
-                                  "the config names")
+                             hint=tr("The oracle calls your block's own parts in the order "
+                                  "the config names"))
         n += 1
         lengths = beside(_run_block_cached, block)(x, rope, 3, 2)
         if lengths != [0, 0, 6]:
-            fail(f"{what} with cache=KVCache(3), layer=2: the cache's layers hold "
-                 f"{lengths} positions, expected [0, 0, 6]: pass cache and layer on to "
-                 f"self.attn")
+            fail(trf("{what} with cache=KVCache(3), layer=2: the cache's layers hold "
+                 "{lengths} positions, expected [0, 0, 6]: pass cache and layer on to "
+                 "self.attn"))
         n += 1
     passed(cls, n)
 
@@ -366,58 +367,58 @@ def check_LM(cls, seed: int = 0) -> None:
              dict(n_layers=3, window=4, tie_embeddings=False)]
     for i, changes in enumerate(cases):
         cfg = _cfg(**changes)
-        shown = (f"{who}(cfg with positions={cfg.positions!r}, tie_embeddings="
-                 f"{cfg.tie_embeddings}, norm_position={cfg.norm_position!r})")
+        shown = (trf("{who}(cfg with positions={cfg.positions!r}, tie_embeddings="
+                 "{cfg.tie_embeddings}, norm_position={cfg.norm_position!r})"))
         lm = call(cls, cfg)
         if not isinstance(lm, nn.Module):
-            fail(f"{shown} should be an nn.Module, got {describe(lm)}")
+            fail(trf("{shown} should be an nn.Module, got {describe(lm)}"))
         tied = lm.head.weight.data_ptr() == lm.embed.weight.data_ptr()
         if cfg.tie_embeddings and not tied:
-            fail(f"{shown}: head.weight and embed.weight are two matrices; tie_embeddings "
-                 f"means one Parameter used twice (self.head.weight = self.embed.weight)")
+            fail(trf("{shown}: head.weight and embed.weight are two matrices; tie_embeddings "
+                 "means one Parameter used twice (self.head.weight = self.embed.weight)"))
         if not cfg.tie_embeddings and tied:
-            fail(f"{shown}: head.weight is embed.weight, but tie_embeddings is False")
+            fail(trf("{shown}: head.weight is embed.weight, but tie_embeddings is False"))
         from transformer_course.lm import LM as Course
         want_n = sum(p.numel() for p in Course(cfg).parameters())
         got_n = sum(p.numel() for p in lm.parameters())
         if got_n != want_n:
-            fail(f"{shown} has {got_n:,} parameters, expected {want_n:,}"
-                 + (" (a tied matrix counts once)" if cfg.tie_embeddings else ""))
+            fail(trf("{shown} has {got_n:,} parameters, expected {want_n:,}")
+                 + (tr(" (a tied matrix counts once)") if cfg.tie_embeddings else ""))
         lm = lm.double()
         _randomize(lm, seed * 10 + i)
         with seeded(seed * 10 + i):
             ids = torch.randint(0, cfg.vocab_size, (2, 11))
-        what = f"{shown} on ids [2, 11]"
+        what = trf("{shown} on ids [2, 11]")
         full, hidden, chunked = beside(_run_lm, lm)(ids, [5, 1, 5])
         expect_tensor(full, what)
         if tuple(full.shape) != (2, 11, cfg.vocab_size):
-            fail(f"{what} gives shape {list(full.shape)}, expected {[2, 11, cfg.vocab_size]}")
+            fail(trf("{what} gives shape {list(full.shape)}, expected {[2, 11, cfg.vocab_size]}"))
         with torch.no_grad():
             want, want_hidden = _lm_oracle(lm, cfg, ids)
         if not torch.allclose(full.double(), want, atol=1e-9, rtol=1e-7):
             if len(hidden) == cfg.n_layers + 1 and torch.allclose(
                     hidden[-1].double(), want_hidden[-1], atol=1e-9, rtol=1e-7):
-                fail(f"{what}: the residual stream is right, the logits are not: apply "
-                     f"self.norm then self.head to the last block's output")
+                fail(trf("{what}: the residual stream is right, the logits are not: apply "
+                     "self.norm then self.head to the last block's output"))
             if hidden and not torch.allclose(hidden[0].double(), want_hidden[0],
                                              atol=1e-9, rtol=1e-7):
-                fail(f"{what}: the input of the first block is wrong: the token embedding"
+                fail(trf("{what}: the input of the first block is wrong: the token embedding")
                      + ("" if cfg.positions == "rope" else
-                        f" plus the {cfg.positions} position of each token")
-                     + (" (RoPE acts inside attention: add nothing)"
+                        trf(" plus the {cfg.positions} position of each token"))
+                     + (tr(" (RoPE acts inside attention: add nothing)")
                         if cfg.positions == "rope" else ""))
             expect_close(full, want, what, atol=1e-9, rtol=1e-7)
         if len(hidden) != cfg.n_layers + 1:
-            fail(f"{what} with hidden=[]: it got {len(hidden)} entries, expected "
-                 f"{cfg.n_layers + 1} (after the embedding and after each block)")
+            fail(trf("{what} with hidden=[]: it got {len(hidden)} entries, expected "
+                 "{cfg.n_layers + 1} (after the embedding and after each block)"))
         for j, (h, w) in enumerate(zip(hidden, want_hidden)):
             if not torch.allclose(h.double(), w, atol=1e-9, rtol=1e-7):
-                fail(f"{what}: hidden[{j}] is not the residual stream "
-                     + ("after the embedding" if j == 0 else f"after block {j - 1}"))
+                fail(trf("{what}: hidden[{j}] is not the residual stream ")
+                     + (tr("after the embedding") if j == 0 else trf("after block {j - 1}")))
         if not torch.allclose(chunked.double(), want, atol=1e-9, rtol=1e-7):
-            fail(f"{what}, fed in chunks of [5, 1, 5] through a KVCache: the logits differ "
-                 f"from one full pass. The new tokens sit at positions len(cache), ..., "
-                 f"len(cache) + N - 1: start the positions at len(cache), not 0")
+            fail(trf("{what}, fed in chunks of [5, 1, 5] through a KVCache: the logits differ "
+                 "from one full pass. The new tokens sit at positions len(cache), ..., "
+                 "len(cache) + N - 1: start the positions at len(cache), not 0"))
         n += 3
     passed(cls, n)
 
@@ -492,24 +493,24 @@ def check_from_hf_llama(fn, seed: int = 0) -> None:
         cfg = _cfg(tie_embeddings=tied, **changes)
         H, G, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         hf = _hf_state(cfg, seed * 10 + i, tied)
-        what = (f"{who}(a Llama state dict with n_heads={H}, n_kv_heads={G}, d_head={d}"
-                + (", no lm_head (tied)" if tied else "") + ", cfg)")
+        what = (trf("{who}(a Llama state dict with n_heads={H}, n_kv_heads={G}, d_head={d}")
+                + (tr(", no lm_head (tied)") if tied else "") + tr(", cfg)"))
         got = call(fn, dict(hf), cfg)
         if not isinstance(got, dict):
-            fail(f"{what} should return a dict (a state dict), got {describe(got)}")
+            fail(trf("{what} should return a dict (a state dict), got {describe(got)}"))
         model = LM(cfg).double()
         keys = set(model.state_dict())
         missing, extra = sorted(keys - set(got)), sorted(set(got) - keys)
         if missing or extra:
-            fail(f"{what}: the keys do not match LM(cfg).state_dict()'s: "
-                 + (f"missing {missing[:4]}" if missing else "")
-                 + (" and " if missing and extra else "")
-                 + (f"unexpected {extra[:4]}" if extra else ""))
+            fail(trf("{what}: the keys do not match LM(cfg).state_dict()'s: ")
+                 + (trf("missing {missing[:4]}") if missing else "")
+                 + (tr(" and ") if missing and extra else "")
+                 + (trf("unexpected {extra[:4]}") if extra else ""))
         for key in sorted(keys):
             want_shape = tuple(model.state_dict()[key].shape)
             if not isinstance(got[key], torch.Tensor) or tuple(got[key].shape) != want_shape:
-                fail(f"{what}: {key} should be a tensor of shape {list(want_shape)}, got "
-                     f"{describe(got[key])}")
+                fail(trf("{what}: {key} should be a tensor of shape {list(want_shape)}, got "
+                     "{describe(got[key])}"))
         perm = half_split_permutation(d)
         q_hf = hf["model.layers.0.self_attn.q_proj.weight"]
         k_hf = hf["model.layers.0.self_attn.k_proj.weight"]
@@ -517,37 +518,37 @@ def check_from_hf_llama(fn, seed: int = 0) -> None:
         q, k, v = (got[f"layers.0.attn.w_{c}.weight"] for c in "qkv")
         within = lambda w, n_: w.view(n_, d, -1)[:, perm].reshape(n_ * d, -1)
         if _same(q, q_hf) and _same(k, k_hf):
-            fail(f"{what}: you copied q_proj and k_proj as they are. Llama's RoPE turns the "
-                 f"pairs (i, i + d_head/2) of each head (rotate_half), this model the pairs "
-                 f"(2i, 2i+1): reorder the rows of W_Q and W_K within each head with "
-                 f"half_split_permutation(d_head) (chapter 02's exercise)")
+            fail(trf("{what}: you copied q_proj and k_proj as they are. Llama's RoPE turns the "
+                 "pairs (i, i + d_head/2) of each head (rotate_half), this model the pairs "
+                 "(2i, 2i+1): reorder the rows of W_Q and W_K within each head with "
+                 "half_split_permutation(d_head) (chapter 02's exercise)"))
         if _same(q, q_hf[half_split_permutation(H * d)]):
-            fail(f"{what}: you permuted W_Q's rows across all heads at once "
-                 f"(half_split_permutation(n_heads * d_head)); the pairs live within each "
-                 f"head: permute each head's d_head rows")
+            fail(trf("{what}: you permuted W_Q's rows across all heads at once "
+                 "(half_split_permutation(n_heads * d_head)); the pairs live within each "
+                 "head: permute each head's d_head rows"))
         if _same(q, within(q_hf, H)) != _same(k, within(k_hf, G)):
-            fail(f"{what}: permute the rows of both W_Q and W_K (both are rotated); "
-                 f"only one of them is")
+            fail(trf("{what}: permute the rows of both W_Q and W_K (both are rotated); "
+                 "only one of them is"))
         if _same(v, within(v_hf, G)) and not _same(v, v_hf):
-            fail(f"{what}: you permuted W_V's rows too: RoPE turns queries and keys only, "
-                 f"so v_proj is copied as it is")
+            fail(trf("{what}: you permuted W_V's rows too: RoPE turns queries and keys only, "
+                 "so v_proj is copied as it is"))
         if _same(got["layers.0.ffn.w_1.weight"], hf["model.layers.0.mlp.up_proj.weight"]):
-            fail(f"{what}: gate_proj and up_proj are swapped: gate_proj is w_1 (inside "
-                 f"SiLU), up_proj is w_3 (the value it multiplies)")
+            fail(trf("{what}: gate_proj and up_proj are swapped: gate_proj is w_1 (inside "
+                 "SiLU), up_proj is w_3 (the value it multiplies)"))
         if _same(got["layers.0.attn_norm.weight"],
                  hf["model.layers.0.post_attention_layernorm.weight"]):
-            fail(f"{what}: input_layernorm is attn_norm (before attention), "
-                 f"post_attention_layernorm is ffn_norm (before the FFN)")
+            fail(trf("{what}: input_layernorm is attn_norm (before attention), "
+                 "post_attention_layernorm is ffn_norm (before the FFN)"))
         try:
             model.load_state_dict(got)
         except Exception as e:
-            fail(f"{what}: LM(cfg).load_state_dict rejected it: {e}")
+            fail(trf("{what}: LM(cfg).load_state_dict rejected it: {e}"))
         with seeded(seed * 10 + i):
             ids = torch.randint(0, cfg.vocab_size, (2, 9))
         with torch.no_grad():
             expect_close(model(ids), llama_reference(hf, cfg, ids),
-                         f"{what}: the logits of LM(cfg) with your state dict",
+                         trf("{what}: the logits of LM(cfg) with your state dict"),
                          atol=1e-10, rtol=1e-9,
-                         hint="The oracle is a Llama written from the formulas, in float64")
+                         hint=tr("The oracle is a Llama written from the formulas, in float64"))
         n += 1
     passed(fn, n)

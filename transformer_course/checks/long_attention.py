@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import call, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = [
@@ -63,23 +64,23 @@ def reference(q, k, v, causal=True, bug=None):
 
 
 BUGS = {
-    "phi_v": "your output is what you get with phi applied to v too: phi maps the queries "
-             "and keys (the kernel phi(q)·phi(k) > 0); the values are averaged as they are",
-    "no_phi_k": "your output is what you get without phi on the keys: the weights are "
-                "phi(q_i)·phi(k_j), phi(x) = elu(x) + 1, on both sides",
-    "no_phi_q": "your output is what you get without phi on the queries: the weights are "
-                "phi(q_i)·phi(k_j), phi(x) = elu(x) + 1, on both sides",
-    "no_norm": "your output is the numerator alone: divide by the normalizer "
+    "phi_v": tr("your output is what you get with phi applied to v too: phi maps the queries "
+             "and keys (the kernel phi(q)·phi(k) > 0); the values are averaged as they are"),
+    "no_phi_k": tr("your output is what you get without phi on the keys: the weights are "
+                "phi(q_i)·phi(k_j), phi(x) = elu(x) + 1, on both sides"),
+    "no_phi_q": tr("your output is what you get without phi on the queries: the weights are "
+                "phi(q_i)·phi(k_j), phi(x) = elu(x) + 1, on both sides"),
+    "no_norm": tr("your output is the numerator alone: divide by the normalizer "
                "phi(q_i)·z_i, z_i = sum of phi(k_j) over the same keys j as the numerator, "
-               "so that the weights sum to 1",
-    "norm_all_keys": "your normalizer sums phi(k_j) over all keys while the numerator sums "
-                     "over j <= i: the normalizer must sum over the same keys (j <= i)",
-    "norm_columns": "your normalizer sums A = phi(Q) phi(K)^T over the queries (dim -2), "
-                    "not over the keys (dim -1): row i needs sum_j A_ij",
-    "noncausal": "your output is NOT causal: query i sees keys after it. With causal=True "
-                 "query i sees only keys j <= i",
-    "causal": "your output is causal although causal=False was asked: then every query "
-              "sees every key",
+               "so that the weights sum to 1"),
+    "norm_all_keys": tr("your normalizer sums phi(k_j) over all keys while the numerator sums "
+                     "over j <= i: the normalizer must sum over the same keys (j <= i)"),
+    "norm_columns": tr("your normalizer sums A = phi(Q) phi(K)^T over the queries (dim -2), "
+                    "not over the keys (dim -1): row i needs sum_j A_ij"),
+    "noncausal": tr("your output is NOT causal: query i sees keys after it. With causal=True "
+                 "query i sees only keys j <= i"),
+    "causal": tr("your output is causal although causal=False was asked: then every query "
+              "sees every key"),
 }
 
 
@@ -105,19 +106,19 @@ def _where(got, want, head, tol) -> str:
     err = (g - want).abs()
     bad = err > tol * (1 + want.abs())
     idx = tuple(torch.nonzero(bad)[0].tolist())
-    return (f"{head}: at index {list(idx)} you have {g[idx].item():.6g}, expected "
-            f"{want[idx].item():.6g} (largest difference {err.max().item():.3g}, "
-            f"{int(bad.sum())} of {bad.numel()} entries wrong; tolerance {tol:g})")
+    return (trf("{head}: at index {list(idx)} you have {g[idx].item():.6g}, expected "
+            "{want[idx].item():.6g} (largest difference {err.max().item():.3g}, "
+            "{int(bad.sum())} of {bad.numel()} entries wrong; tolerance {tol:g})"))
 
 
 def _expect_output(out, q, v, head) -> None:
     expect_tensor(out, head)
     want_shape = list(v.shape)
     if list(out.shape) != want_shape:
-        fail(f"{head} has shape {list(out.shape)}, expected {want_shape} = [..., N, d_v]: "
-             "one row per query, as wide as the values")
+        fail(trf("{head} has shape {list(out.shape)}, expected {want_shape} = [..., N, d_v]: "
+             "one row per query, as wide as the values"))
     if out.dtype != q.dtype:
-        fail(f"{head} has dtype {out.dtype}, expected the inputs' dtype {q.dtype}")
+        fail(trf("{head} has dtype {out.dtype}, expected the inputs' dtype {q.dtype}"))
 
 
 def _diagnose(out, q, k, v, causal, head, tol, extra=()) -> None:
@@ -125,8 +126,8 @@ def _diagnose(out, q, k, v, causal, head, tol, extra=()) -> None:
     g = out.detach().double().cpu()
     if torch.isnan(g).any():
         idx = tuple(torch.nonzero(torch.isnan(g))[0].tolist())
-        fail(f"{head} contains NaN (first at index {list(idx)}): 0/0? The normalizer "
-             "phi(q_i)·z_i is > 0 when every query sees at least itself")
+        fail(trf("{head} contains NaN (first at index {list(idx)}): 0/0? The normalizer "
+             "phi(q_i)·z_i is > 0 when every query sees at least itself"))
     for name, want in extra:
         if _close(g, want, max(tol, 1e-5) * 10):
             fail(f"{head}: {BUGS.get(name, name)}")
@@ -137,9 +138,9 @@ def _diagnose(out, q, k, v, causal, head, tol, extra=()) -> None:
             fail(f"{head}: {BUGS[bug]}")
     want = reference(q, k, v, causal)
     if tol < 1e-5 and _close(g, want, 1e-4):
-        fail(_where(out, want, head, tol) + ". Close, but not to float64's precision: an "
+        fail(_where(out, want, head, tol) + tr(". Close, but not to float64's precision: an "
              "eps added to the normalizer, or a computation in float32? phi > 0 makes "
-             "the normalizer positive without an eps; keep the inputs' dtype throughout")
+             "the normalizer positive without an eps; keep the inputs' dtype throughout"))
     fail(_where(out, want, head, tol))
 
 
@@ -161,7 +162,7 @@ def check_linear_attention(fn, seed: int = 0) -> None:
     for i, (batch, n, d_k, d_v, dtype) in enumerate(_cases(seed)):
         q, k, v = _make(batch, n, d_k, d_v, seed + i, dtype)
         for causal in (True, False):
-            head = f"{who}({_describe(batch, n, d_k, d_v, dtype)}, causal={causal})"
+            head = trf("{who}({_describe(batch, n, d_k, d_v, dtype)}, causal={causal})")
             out = call(fn, q, k, v, causal=causal)
             _expect_output(out, q, v, head)
             if not _close(out, reference(q, k, v, causal), _tol(dtype)):
@@ -172,22 +173,22 @@ def check_linear_attention(fn, seed: int = 0) -> None:
 
 def _expect_state(state, q, v, head):
     if state is None:
-        fail(f"{head} returned the state None: return the state after the last position, "
-             "(S, z), so that the next call can carry on from it")
+        fail(trf("{head} returned the state None: return the state after the last position, "
+             "(S, z), so that the next call can carry on from it"))
     if not isinstance(state, (tuple, list)) or len(state) != 2:
-        fail(f"{head} returned a state of type {type(state).__name__}, expected a pair "
-             "(S, z)")
+        fail(trf("{head} returned a state of type {type(state).__name__}, expected a pair "
+             "(S, z)"))
     S, z = state
     expect_tensor(S, f"{head}: S")
     expect_tensor(z, f"{head}: z")
     d_k, d_v = q.shape[-1], v.shape[-1]
     want_s, want_z = [*q.shape[:-2], d_k, d_v], [*q.shape[:-2], d_k]
     if list(S.shape) != want_s:
-        fail(f"{head}: S has shape {list(S.shape)}, expected {want_s} = [..., d_k, d_v]: "
-             "S = sum_j phi(k_j) v_j^T, an outer product (d_k rows, d_v columns)")
+        fail(trf("{head}: S has shape {list(S.shape)}, expected {want_s} = [..., d_k, d_v]: "
+             "S = sum_j phi(k_j) v_j^T, an outer product (d_k rows, d_v columns)"))
     if list(z.shape) != want_z:
-        fail(f"{head}: z has shape {list(z.shape)}, expected {want_z} = [..., d_k]: "
-             "z = sum_j phi(k_j)")
+        fail(trf("{head}: z has shape {list(z.shape)}, expected {want_z} = [..., d_k]: "
+             "z = sum_j phi(k_j)"))
     return S, z
 
 
@@ -206,18 +207,18 @@ def check_linear_attention_recurrent(fn, seed: int = 0) -> None:
         head = f"{who}({_describe(batch, n, d_k, d_v, dtype)})"
         got = call(fn, q, k, v)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
-            fail(f"{head} returned {type(got).__name__}, expected a pair (out, state)")
+            fail(trf("{head} returned {type(got).__name__}, expected a pair (out, state)"))
         out, state = got
-        _expect_output(out, q, v, head + ": out")
+        _expect_output(out, q, v, head + tr(": out"))
         S, z = _expect_state(state, q, v, head)
         if not _close(out, reference(q, k, v), tol):
-            _diagnose(out, q, k, v, True, head + ": out", tol)
+            _diagnose(out, q, k, v, True, head + tr(": out"), tol)
         want_s, want_z = _state_ref(k, v)
         if not _close(S, want_s, tol) or not _close(z, want_z, tol):
             what = "S" if not _close(S, want_s, tol) else "z"
-            fail(f"{head}: the state's {what} is not the sum over all N positions of "
+            fail(trf("{head}: the state's {what} is not the sum over all N positions of "
                  "phi(k_j) v_j^T (S) and phi(k_j) (z): return the state after the last "
-                 "position")
+                 "position"))
         n_cases += 1
         if n < 3:
             continue
@@ -227,36 +228,36 @@ def check_linear_attention_recurrent(fn, seed: int = 0) -> None:
         pieces = [(0, 1), (1, cut), (cut, n)]
         outs, state = [], None
         for a, b in pieces:
-            piece = f"{who}(positions {a}..{b - 1} of {n}, state from the previous call)"
+            piece = trf("{who}(positions {a}..{b - 1} of {n}, state from the previous call)")
             passed_in = None if state is None else tuple(t.clone() for t in state)
             got = call(fn, q[..., a:b, :], k[..., a:b, :], v[..., a:b, :], state=state)
             if not isinstance(got, (tuple, list)) or len(got) != 2:
-                fail(f"{piece} returned {type(got).__name__}, expected (out, state)")
+                fail(trf("{piece} returned {type(got).__name__}, expected (out, state)"))
             out, new_state = got
             if passed_in is not None and not all(
                     torch.equal(x, y) for x, y in zip(passed_in, state)):
-                fail(f"{piece}: your function changed the state passed in, in place "
+                fail(trf("{piece}: your function changed the state passed in, in place "
                      "(S += ...): the caller may use that state again. Make new tensors "
-                     "(S = S + ...)")
-            _expect_output(out, q[..., a:b, :], v[..., a:b, :], piece + ": out")
+                     "(S = S + ...)"))
+            _expect_output(out, q[..., a:b, :], v[..., a:b, :], piece + tr(": out"))
             want = reference(q, k, v)[..., a:b, :]
             if not _close(out, want, tol):
                 fresh = reference(q[..., a:b, :], k[..., a:b, :], v[..., a:b, :])
                 if a > 0 and _close(out, fresh, tol * 10):
-                    fail(f"{piece}: your output is what an empty state gives: you ignored "
-                         "the state passed in. Start from (S, z) = state when it is given")
-                fail(_where(out, want, piece + ": out", tol) + ". The pieces together "
-                     "must give what one call on the whole sequence gives")
+                    fail(trf("{piece}: your output is what an empty state gives: you ignored "
+                         "the state passed in. Start from (S, z) = state when it is given"))
+                fail(_where(out, want, piece + tr(": out"), tol) + tr(". The pieces together "
+                     "must give what one call on the whole sequence gives"))
             state = _expect_state(new_state, q[..., a:b, :], v[..., a:b, :], piece)
             want_s, _ = _state_ref(k[..., :b, :], v[..., :b, :])
             if not _close(state[0], want_s, tol):
                 piece_s, _ = _state_ref(k[..., a:b, :], v[..., a:b, :])
                 if a > 0 and _close(state[0], piece_s, tol * 10):
-                    fail(f"{piece}: the state you returned covers this call's positions "
+                    fail(trf("{piece}: the state you returned covers this call's positions "
                          "only: it must continue the state passed in (all positions so "
-                         "far)")
-                fail(f"{piece}: the state you returned is not the sums over positions "
-                     f"0..{b - 1}")
+                         "far)"))
+                fail(trf("{piece}: the state you returned is not the sums over positions "
+                     "0..{b - 1}"))
             outs.append(out)
         n_cases += 1
     passed(fn, n_cases)
@@ -287,15 +288,15 @@ def _chunked_bug(q, k, v, chunk, bug):
 
 
 CHUNK_BUGS = {
-    "intra_full": "inside a chunk your queries see the keys after them: the intra-chunk "
+    "intra_full": tr("inside a chunk your queries see the keys after them: the intra-chunk "
                   "part phi(Q_c) phi(K_c)^T must be masked causally (tril) before it "
-                  "multiplies V_c and enters the normalizer",
-    "double": "the current chunk is counted twice: you added it to the state (S, z) "
+                  "multiplies V_c and enters the normalizer"),
+    "double": tr("the current chunk is counted twice: you added it to the state (S, z) "
               "before reading the state, and again through the intra-chunk part. Read the "
-              "state (earlier chunks only), then update it",
-    "no_carry": "your chunks do not see the earlier chunks: carry the state (S, z) from "
+              "state (earlier chunks only), then update it"),
+    "no_carry": tr("your chunks do not see the earlier chunks: carry the state (S, z) from "
                 "chunk to chunk and add phi(q) S (and phi(q)·z) for the positions before "
-                "the chunk",
+                "the chunk"),
 }
 
 
@@ -310,7 +311,7 @@ def check_linear_attention_chunked(fn, seed: int = 0) -> None:
     for i, (batch, n, d_k, d_v, dtype, chunk) in enumerate(cases):
         q, k, v = _make(batch, n, d_k, d_v, seed + i, dtype)
         tol = _tol(dtype)
-        head = f"{who}({_describe(batch, n, d_k, d_v, dtype)}, chunk={chunk})"
+        head = trf("{who}({_describe(batch, n, d_k, d_v, dtype)}, chunk={chunk})")
         out = call(fn, q, k, v, chunk=chunk)
         _expect_output(out, q, v, head)
         want = reference(q, k, v)
@@ -320,14 +321,14 @@ def check_linear_attention_chunked(fn, seed: int = 0) -> None:
         g = out.detach().double().cpu()
         strict = _chunked_bug(q, k, v, chunk, "strict")
         if torch.allclose(g, strict, rtol=1e-4, atol=max(tol, 1e-5) * 10, equal_nan=True):
-            fail(f"{head}: inside a chunk your queries do not see their own key: the causal "
+            fail(trf("{head}: inside a chunk your queries do not see their own key: the causal "
                  "mask of the intra-chunk part keeps j <= i, the diagonal included (tril(),"
                  " not tril(-1)); without it the first query of the sequence sees no key "
-                 "at all and gives 0/0 = NaN")
+                 "at all and gives 0/0 = NaN"))
         if chunk > 1 and torch.isnan(g[..., :min(chunk, n), :]).any():
-            fail(f"{head}: NaN in the first chunk, which has no earlier chunks: there the "
+            fail(trf("{head}: NaN in the first chunk, which has no earlier chunks: there the "
                  "output comes from the intra-chunk part alone (the causal phi(Q_c) "
-                 "phi(K_c)^T V_c and its row sums); did you drop it?")
+                 "phi(K_c)^T V_c and its row sums); did you drop it?"))
         extra = [(bug, _chunked_bug(q, k, v, chunk, bug)) for bug in CHUNK_BUGS]
         for bug, wrong in extra:
             if _close(g, wrong, max(tol, 1e-5) * 10):
@@ -365,10 +366,10 @@ def _mask_oracle(n, block, pattern, window):
 def _expect_mask(got, n, what):
     expect_tensor(got, what)
     if got.dtype != torch.bool:
-        fail(f"{what} has dtype {got.dtype}, expected torch.bool (True = may attend)")
+        fail(trf("{what} has dtype {got.dtype}, expected torch.bool (True = may attend)"))
     if list(got.shape) != [n, n]:
-        fail(f"{what} has shape {list(got.shape)}, expected [{n}, {n}]: one row per query "
-             "and one column per key, also when the block does not divide n")
+        fail(trf("{what} has shape {list(got.shape)}, expected [{n}, {n}]: one row per query "
+             "and one column per key, also when the block does not divide n"))
     return got.cpu()
 
 
@@ -381,10 +382,10 @@ def _whole_blocks(got, n, block, what):
         for c in range(r + 1):
             cells = got[t == r][:, t == c][lower[t == r][:, t == c]]
             if cells.any() and not cells.all():
-                fail(f"{what}: the block of queries {r * block}..{min(n, r * block + block) - 1}"
-                     f" and keys {c * block}..{min(n, c * block + block) - 1} is partly "
+                fail(trf("{what}: the block of queries {r * block}..{min(n, r * block + block) - 1}"
+                     " and keys {c * block}..{min(n, c * block + block) - 1} is partly "
                      "kept: keep or drop whole blocks (token i is in block i // block), "
-                     "causal only on the diagonal blocks")
+                     "causal only on the diagonal blocks"))
 
 
 def _mask_diagnose(got, n, block, pattern, window, what):
@@ -392,34 +393,34 @@ def _mask_diagnose(got, n, block, pattern, window, what):
     if (got & ~lower).any():
         i, j = torch.nonzero(got & ~lower)[0].tolist()
         same = i // block == j // block
-        fail(f"{what}: query {i} sees key {j}, after it" + (
-            " in its own block: the diagonal blocks must be causal too (j <= i)" if same
-            else ": the patterns are causal (key block c <= query block r)"))
+        fail(trf("{what}: query {i} sees key {j}, after it") + (
+            tr(" in its own block: the diagonal blocks must be causal too (j <= i)") if same
+            else tr(": the patterns are causal (key block c <= query block r)")))
     if n % block and n > block and pattern != "bigbird":
         t = (torch.arange(n) // block).clamp(max=n // block - 1)
         merged = _layout(n // block, pattern, window)[t[:, None], t[None, :]] & lower
         if torch.equal(got, merged):
-            fail(f"{what}: your last {n % block} tokens share the block before them: "
-                 f"{n} tokens in blocks of {block} make ceil(n / block) = "
-                 f"{-(-n // block)} blocks, the last one shorter")
+            fail(trf("{what}: your last {n % block} tokens share the block before them: "
+                 "{n} tokens in blocks of {block} make ceil(n / block) = "
+                 "{-(-n // block)} blocks, the last one shorter"))
     _whole_blocks(got, n, block, what)
     for w in (window - 1, window + 1):
         if w >= 1 and pattern != "bigbird" and torch.equal(
                 got, _mask_oracle(n, block, pattern, w)):
-            fail(f"{what}: your window spans {w} blocks, expected {window}: query block r "
-                 f"keeps key blocks r - window < c <= r (the block itself and the "
-                 f"{window - 1} before it)")
+            fail(trf("{what}: your window spans {w} blocks, expected {window}: query block r "
+                 "keeps key blocks r - window < c <= r (the block itself and the "
+                 "{window - 1} before it)"))
     want = _mask_oracle(n, block, pattern, window)
     missing = want & ~got
     if missing.any():
         i, j = torch.nonzero(missing)[0].tolist()
-        fail(f"{what}: query {i} (block {i // block}) should see key {j} (block "
-             f"{j // block}), {i // block - j // block} blocks back")
+        fail(trf("{what}: query {i} (block {i // block}) should see key {j} (block "
+             "{j // block}), {i // block - j // block} blocks back"))
     if pattern != "bigbird":
         i, j = torch.nonzero(got & ~want)[0].tolist()
-        fail(f"{what}: query {i} (block {i // block}) sees key {j} (block {j // block}), "
-             f"{i // block - j // block} blocks back, which the {pattern!r} pattern does "
-             "not keep")
+        fail(trf("{what}: query {i} (block {i // block}) sees key {j} (block {j // block}), "
+             "{i // block - j // block} blocks back, which the {pattern!r} pattern does "
+             "not keep"))
 
 
 def check_block_sparse_mask(fn, seed: int = 0) -> None:
@@ -430,13 +431,13 @@ def check_block_sparse_mask(fn, seed: int = 0) -> None:
     cases = [(23, 4, 3), (12, 1, 3), (5, 8, 2), (n_rand, 5, 2), (40, 4, 4), (1, 1, 1)]
     for pattern in ("local", "strided"):
         for n, block, window in cases:
-            what = f"{who}({n}, {block}, {pattern!r}, window={window})"
+            what = trf("{who}({n}, {block}, {pattern!r}, window={window})")
             got = _expect_mask(call(fn, n, block, pattern, window=window), n, what)
             if not torch.equal(got, _mask_oracle(n, block, pattern, window)):
                 _mask_diagnose(got, n, block, pattern, window, what)
             n_cases += 1
     for n, block, window in [(61, 4, 2), (40, 3, 3), (9, 4, 3)]:
-        what = f"{who}({n}, {block}, 'bigbird', window={window}, seed={seed})"
+        what = trf("{who}({n}, {block}, 'bigbird', window={window}, seed={seed})")
         got = _expect_mask(call(fn, n, block, "bigbird", window=window, seed=seed), n,
                            what)
         base = _mask_oracle(n, block, "bigbird", window)
@@ -453,19 +454,19 @@ def check_block_sparse_mask(fn, seed: int = 0) -> None:
             extra = int((kept[r] & ~layout[r]).sum())
             left = int(((torch.arange(n_blocks) <= r) & ~layout[r]).sum())
             if extra != min(2, left):
-                fail(f"{what}: query block {r} keeps {extra} random key blocks, expected "
-                     f"{min(2, left)}: 2 per query block, drawn among the earlier blocks "
-                     f"that the window and the global block 0 do not keep ({left} here)")
+                fail(trf("{what}: query block {r} keeps {extra} random key blocks, expected "
+                     "{min(2, left)}: 2 per query block, drawn among the earlier blocks "
+                     "that the window and the global block 0 do not keep ({left} here)"))
         again = _expect_mask(call(fn, n, block, "bigbird", window=window, seed=seed), n,
                              what)
         if not torch.equal(again, got):
-            fail(f"{what}: two calls with the same seed gave different masks: draw the "
+            fail(trf("{what}: two calls with the same seed gave different masks: draw the "
                  "random blocks from torch.Generator().manual_seed(seed), not the global "
-                 "random state")
+                 "random state"))
         n_cases += 1
     many = {tuple(call(fn, 61, 4, "bigbird", window=2, seed=s).flatten().tolist())
             for s in range(4)}
     if len(many) == 1:
-        fail(f"{who}(61, 4, 'bigbird', window=2, seed=0..3): the same mask for every seed:"
-             " the random blocks must depend on the seed")
+        fail(trf("{who}(61, 4, 'bigbird', window=2, seed=0..3): the same mask for every seed:"
+             " the random blocks must depend on the seed"))
     passed(fn, n_cases + 1)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from ..i18n import tr, trf
 from . import (CheckFailed, beside, NotImplementedYet, call, expect_equal, expect_tensor, fail, name_of,
                passed, seeded)
 
@@ -36,17 +37,17 @@ def check_matmul_flops(fn, seed: int = 0) -> None:
     for m, n, k in sizes:
         got = call(fn, m, n, k)
         if isinstance(got, bool) or not isinstance(got, int):
-            fail(f"{name_of(fn)}({m}, {n}, {k}) returned {type(got).__name__} {got!r}: an operation count "
-                 "is a whole number, so return an int (multiply ints; avoid `/` and float literals)")
+            fail(trf("{name_of(fn)}({m}, {n}, {k}) returned {type(got).__name__} {got!r}: an operation count "
+                 "is a whole number, so return an int (multiply ints; avoid `/` and float literals)"))
         want = _counted_flops(m, n, k)
         if got == want:
             continue
-        shapes = f"for A of shape [m, k] = [{m}, {k}] and B of shape [k, n] = [{k}, {n}]"
+        shapes = trf("for A of shape [m, k] = [{m}, {k}] and B of shape [k, n] = [{k}, {n}]")
         if got == m * n * k:
-            fail(f"{shapes} you count m·n·k = {got}; each of those terms is a multiply AND an add, "
-                 f"so expected {want}")
-        fail(f"{shapes} you count {got} FLOPs, expected {want}: the output has m·n = {m * n} entries and "
-             f"each is a dot product of length k = {k} (k multiplies and k adds)")
+            fail(trf("{shapes} you count m·n·k = {got}; each of those terms is a multiply AND an add, "
+                 "so expected {want}"))
+        fail(trf("{shapes} you count {got} FLOPs, expected {want}: the output has m·n = {m * n} entries and "
+             "each is a dot product of length k = {k} (k multiplies and k adds)"))
     passed(fn, len(sizes))
 
 
@@ -100,14 +101,14 @@ def _bounds_checked():
         bad = outside(ptrs, mask, np.dtype(np_dtype(ptrs.get_element_ty())).itemsize)
         if bad:
             found.append(("read", bad))
-            raise _OutOfBounds(f"{bad} loads outside the tensors")
+            raise _OutOfBounds(trf("{bad} loads outside the tensors"))
         return orig_load(ptrs, mask, other, *args, **kwargs)
 
     def store(ptrs, value, mask, *args, **kwargs):
         bad = outside(ptrs, mask, np.asarray(value.data).dtype.itemsize)
         if bad:
             found.append(("write", bad))
-            raise _OutOfBounds(f"{bad} stores outside the tensors")
+            raise _OutOfBounds(trf("{bad} stores outside the tensors"))
         return orig_store(ptrs, value, mask, *args, **kwargs)
 
     had = {k: vars(builder)[k] for k in ("create_masked_load", "create_masked_store") if k in vars(builder)}
@@ -166,8 +167,8 @@ def _padded(values: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_hint(n: int) -> str:
-    return (f"with n = {n} the last block runs past the end of the data: did you mask the last block? "
-            "Compute `mask = offsets < n` and pass `mask=mask` to every tl.load and tl.store")
+    return (trf("with n = {n} the last block runs past the end of the data: did you mask the last block? "
+            "Compute `mask = offsets < n` and pass `mask=mask` to every tl.load and tl.store"))
 
 
 def _chain_mentions(err: BaseException, text: str) -> bool:
@@ -197,9 +198,9 @@ def check_vector_add(fn, seed: int = 0) -> None:
     from transformer_course.machine import load_triton, pick_device
 
     if load_triton() is None:
-        fail("Triton is not available on this machine (it runs on Linux, natively on an NVIDIA/AMD "
+        fail(tr("Triton is not available on this machine (it runs on Linux, natively on an NVIDIA/AMD "
              "GPU or in its CPU interpreter), so vector_add cannot be checked here: run this "
-             "chapter on Linux or in Colab")
+             "chapter on Linux or in Colab"))
     device = pick_device(verbose=False)
     big = 100_003 if device.type == "cpu" else (1 << 22) + 3
     cases = [((1,), torch.float32), ((5000,), torch.float32), ((2048,), torch.float16),
@@ -210,29 +211,30 @@ def check_vector_add(fn, seed: int = 0) -> None:
     for x, y in data:
         x, y = _padded(x.to(device)), _padded(y.to(device))
         want = x + y
-        n, what = x.numel(), f"{name_of(fn)}(x, y) with x of shape {list(x.shape)} ({str(x.dtype)[6:]})"
+        n, what = x.numel(), trf("{name_of(fn)}(x, y) with x of shape {list(x.shape)} ({str(x.dtype)[6:]})")
         got, error, outside, past_end = guarded(x, y)
         if error is not None:
             message, unimplemented = error
             if outside:
                 kind, count = outside[0]
-                where = "past the end of x or y" if kind == "read" else "past the end of the output"
-                raise CheckFailed(f"{what}: your kernel tried to {kind} {count} elements "
-                                  f"{where}; " + _mask_hint(n)) from None
+                where = tr("past the end of x or y") if kind == "read" else tr("past the end of the output")
+                action = tr("read") if kind == "read" else tr("write")
+                raise CheckFailed(trf("{what}: your kernel tried to {action} {count} elements "
+                                  "{where}; ") + _mask_hint(n)) from None
             if unimplemented:
                 raise NotImplementedYet(
-                    "add_kernel is not implemented yet: replace `raise NotImplementedError()` in "
-                    "the kernel with your code, then run this check again.") from None
+                    tr("add_kernel is not implemented yet: replace `raise NotImplementedError()` in "
+                    "the kernel with your code, then run this check again.")) from None
             raise (NotImplementedYet if message.startswith(f"{name_of(fn)} is not implemented yet") else
                    CheckFailed)(message)
         if past_end:
-            fail(f"{what}: your kernel wrote {past_end} elements past the end of the output; "
+            fail(trf("{what}: your kernel wrote {past_end} elements past the end of the output; ")
                  + _mask_hint(n))
-        expect_tensor(got, f"{name_of(fn)}'s output")
-        expect_equal(list(got.shape), list(x.shape), f"{what}: the output's shape")
-        expect_equal(got.dtype, x.dtype, f"{what}: the output's dtype",
-                     hint="allocate the output with torch.empty_like(x)")
-        expect_equal(got.device.type, x.device.type, f"{what}: the output's device")
+        expect_tensor(got, trf("{name_of(fn)}'s output"))
+        expect_equal(list(got.shape), list(x.shape), trf("{what}: the output's shape"))
+        expect_equal(got.dtype, x.dtype, trf("{what}: the output's dtype"),
+                     hint=tr("allocate the output with torch.empty_like(x)"))
+        expect_equal(got.device.type, x.device.type, trf("{what}: the output's device"))
         g, w = got.detach().reshape(-1).double(), want.reshape(-1).double()
         tol = 1e-6 if x.dtype == torch.float32 else 1e-3
         bad = ~((g - w).abs() <= tol * (1 + w.abs()))
@@ -240,18 +242,18 @@ def check_vector_add(fn, seed: int = 0) -> None:
             continue
         idx = torch.nonzero(bad).reshape(-1)
         first, last = int(idx[0]), int(idx[-1])
-        entries = f"entry {first} of {n} is" if first == last else f"entries {first}..{last} of {n} are"
-        msg = (f"{what}: {entries} wrong ({int(bad.sum())} in all; "
-               f"at index {first} you have {g[first].item():.6g}, expected {w[first].item():.6g})")
+        entries = trf("entry {first} of {n} is") if first == last else trf("entries {first}..{last} of {n} are")
+        msg = (trf("{what}: {entries} wrong ({int(bad.sum())} in all; "
+               "at index {first} you have {g[first].item():.6g}, expected {w[first].item():.6g})"))
         if torch.equal(got.reshape(-1), x.reshape(-1)):
-            fail(msg + ": your output equals x; did you forget to add y?")
+            fail(msg + tr(": your output equals x; did you forget to add y?"))
         if last == n - 1 and int(bad.sum()) == n - first and first > 0:
             never = torch.isnan(g[first:]).all()
-            fail(msg + (": those entries were never written" if never else "")
-                 + f". Only the first {first} entries are right: is the grid launching enough "
-                 "programs? It needs triton.cdiv(n, BLOCK) of them, one per block")
+            fail(msg + (tr(": those entries were never written") if never else "")
+                 + trf(". Only the first {first} entries are right: is the grid launching enough "
+                 "programs? It needs triton.cdiv(n, BLOCK) of them, one per block"))
         if last == n - 1:
-            fail(msg + ": the tail is wrong; did you mask the last block?")
+            fail(msg + tr(": the tail is wrong; did you mask the last block?"))
         fail(msg)
     passed(fn, len(cases))
 
@@ -266,20 +268,20 @@ def check_matmul_time_estimate(fn, seed: int = 0) -> None:
     for m, n, k, peak in cases:
         got = call(fn, m, n, k, peak)
         if not isinstance(got, (int, float)) or isinstance(got, bool):
-            fail(f"{name_of(fn)}({m}, {n}, {k}, {peak:.3g}) returned {type(got).__name__}, expected a float (seconds)")
+            fail(trf("{name_of(fn)}({m}, {n}, {k}, {peak:.3g}) returned {type(got).__name__}, expected a float (seconds)"))
         want = 2 * m * n * k / peak
         if math.isclose(got, want, rel_tol=1e-6):
             continue
         ratio = got / want if want else math.inf
-        head = (f"{name_of(fn)}({m}, {n}, {k}, peak_flops={peak:.3g}) returned {got:.4g} s, "
-                f"expected {want:.4g} s")
+        head = (trf("{name_of(fn)}({m}, {n}, {k}, peak_flops={peak:.3g}) returned {got:.4g} s, "
+                "expected {want:.4g} s"))
         if math.isclose(ratio, 0.5, rel_tol=1e-6):
-            fail(head + ": half the time; a matmul does 2·m·n·k FLOPs (a multiply and an add per term)")
+            fail(head + tr(": half the time; a matmul does 2·m·n·k FLOPs (a multiply and an add per term)"))
         if math.isclose(ratio, 1e3, rel_tol=1e-6):
-            fail(head + ": 1000 times too large; return seconds, not milliseconds")
+            fail(head + tr(": 1000 times too large; return seconds, not milliseconds"))
         if math.isclose(ratio, 1e6, rel_tol=1e-6):
-            fail(head + ": a million times too large; return seconds, not microseconds")
-        fail(head + ": time = FLOPs / (FLOP/s), with FLOPs = 2·m·n·k")
+            fail(head + tr(": a million times too large; return seconds, not microseconds"))
+        fail(head + tr(": time = FLOPs / (FLOP/s), with FLOPs = 2·m·n·k"))
     passed(fn, len(cases))
 
 
@@ -292,18 +294,18 @@ def check_arithmetic_intensity(fn, seed: int = 0) -> None:
     for m, n, k, b in cases:
         got = call(fn, m, n, k, b)
         if not isinstance(got, (int, float)) or isinstance(got, bool):
-            fail(f"{name_of(fn)}({m}, {n}, {k}, {b}) returned {type(got).__name__}, expected a float (FLOP per byte)")
+            fail(trf("{name_of(fn)}({m}, {n}, {k}, {b}) returned {type(got).__name__}, expected a float (FLOP per byte)"))
         flops, moved = 2 * m * n * k, (m * k + k * n + m * n) * b
         want = flops / moved
         if math.isclose(got, want, rel_tol=1e-6):
             continue
-        head = f"{name_of(fn)}({m}, {n}, {k}, bytes_per_element={b}) returned {got:.4g}, expected {want:.4g}"
+        head = trf("{name_of(fn)}({m}, {n}, {k}, bytes_per_element={b}) returned {got:.4g}, expected {want:.4g}")
         if math.isclose(got, flops / ((m * k + k * n) * b), rel_tol=1e-6):
-            fail(head + f": you count the bytes of A and B but not of C; the result (m·n = {m * n} "
-                 "elements) has to be written to memory too")
+            fail(head + trf(": you count the bytes of A and B but not of C; the result (m·n = {m * n} "
+                 "elements) has to be written to memory too"))
         if math.isclose(got, want / 2, rel_tol=1e-6):
-            fail(head + ": half of it; the FLOPs of a matmul are 2·m·n·k")
+            fail(head + tr(": half of it; the FLOPs of a matmul are 2·m·n·k"))
         if math.isclose(got, want * b, rel_tol=1e-6):
-            fail(head + ": you count elements, not bytes; multiply by bytes_per_element")
-        fail(head + ": intensity = 2·m·n·k / ((m·k + k·n + m·n) · bytes_per_element)")
+            fail(head + tr(": you count elements, not bytes; multiply by bytes_per_element"))
+        fail(head + tr(": intensity = 2·m·n·k / ((m·k + k·n + m·n) · bytes_per_element)"))
     passed(fn, len(cases))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..i18n import tr, trf
 from . import CheckFailed, call, describe, expect_close, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = [
@@ -38,10 +39,10 @@ def _call_strided(fn, *args, what: str, **kwargs):
     try:
         return call(fn, *args, **kwargs)
     except CheckFailed as e:
-        if "view size is not compatible" in str(e):
-            fail(f"{what}: .view() refused: it needs the tensor's memory laid out in order, and a transposed "
-                 f"tensor (split_heads returns one, and .transpose makes one) is not. Use .reshape(), which "
-                 f"copies only when it must (or .contiguous().view())")
+        if "view size is not compatible" in str(e):  # PyTorch's own words
+            fail(trf("{what}: .view() refused: it needs the tensor's memory laid out in order, and a transposed "
+                 "tensor (split_heads returns one, and .transpose makes one) is not. Use .reshape(), which "
+                 "copies only when it must (or .contiguous().view())"))
         raise
 
 
@@ -76,41 +77,41 @@ def check_split_heads(fn, seed: int = 0) -> None:
             d = D // H
             x = torch.randn(B, T, D)
             saved = x.clone()
-            what = f"{who}(x {[B, T, D]}, n_heads={H})"
+            what = trf("{who}(x {[B, T, D]}, n_heads={H})")
             got = call(fn, x, H)
             expect_tensor(got, what)
             if tuple(got.shape) != (B, H, T, d):
                 if tuple(got.shape) == (B, T, H, d) and T != H:
-                    fail(f"{what} has shape {_shape(got)}, expected {[B, H, T, d]}: you split the features "
-                         f"into [B, T, n_heads, d_head] but kept the positions first; swap them with "
-                         f".transpose(1, 2), so that each head holds a whole sequence [T, d_head]")
-                fail(f"{what} has shape {_shape(got)}, expected [B, n_heads, T, d_head] = {[B, H, T, d]}")
+                    fail(trf("{what} has shape {_shape(got)}, expected {[B, H, T, d]}: you split the features "
+                         "into [B, T, n_heads, d_head] but kept the positions first; swap them with "
+                         ".transpose(1, 2), so that each head holds a whole sequence [T, d_head]"))
+                fail(trf("{what} has shape {_shape(got)}, expected [B, n_heads, T, d_head] = {[B, H, T, d]}"))
             if got.dtype != x.dtype:
-                fail(f"{what} has dtype {got.dtype}, expected {x.dtype} (splitting only rearranges x)")
+                fail(trf("{what} has dtype {got.dtype}, expected {x.dtype} (splitting only rearranges x)"))
             if not torch.equal(x, saved):
-                fail(f"{who} changed its input x in place; return a new view or tensor")
+                fail(trf("{who} changed its input x in place; return a new view or tensor"))
             want = _split_oracle(x, H)
             if torch.equal(got, want):
                 n += 1
                 continue
             if H > 1 and T > 1 and torch.equal(got, x.reshape(B, H, T, d)):
-                fail(f"{what}: your heads mix positions: reshaping [B, T, d_model] straight to "
-                     f"[B, n_heads, T, d_head] (view without transpose) fills head 0 with all the "
-                     f"features of the first few positions, and so on. Reshape to "
-                     f"[B, T, n_heads, d_head] first, then .transpose(1, 2)")
+                fail(trf("{what}: your heads mix positions: reshaping [B, T, d_model] straight to "
+                     "[B, n_heads, T, d_head] (view without transpose) fills head 0 with all the "
+                     "features of the first few positions, and so on. Reshape to "
+                     "[B, T, n_heads, d_head] first, then .transpose(1, 2)"))
             if H > 1 and d > 1 and torch.equal(got, x.reshape(B, T, d, H).permute(0, 3, 1, 2)):
-                fail(f"{what}: head h got every n_heads-th feature (h, h + {H}, h + {2 * H}, ...); it should "
-                     f"get the contiguous block of features h*d_head .. (h+1)*d_head - 1: reshape to "
-                     f"[B, T, n_heads, d_head], not [B, T, d_head, n_heads]")
+                fail(trf("{what}: head h got every n_heads-th feature (h, h + {H}, h + {2 * H}, ...); it should "
+                     "get the contiguous block of features h*d_head .. (h+1)*d_head - 1: reshape to "
+                     "[B, T, n_heads, d_head], not [B, T, d_head, n_heads]"))
             expect_close(got, want, what, atol=0, rtol=0,
-                         hint="Head h at position t holds x[b, t, h*d_head:(h+1)*d_head]")
+                         hint=tr("Head h at position t holds x[b, t, h*d_head:(h+1)*d_head]"))
         # a non-contiguous input: the features are strided (x is a transposed [B, D, T] tensor)
         x = torch.randn(2, 12, 5).transpose(1, 2)
-        what = f"{who}(x {_shape(x)} non-contiguous, n_heads=3)"
+        what = trf("{who}(x {_shape(x)} non-contiguous, n_heads=3)")
         got = _call_strided(fn, x, 3, what=what)
         expect_tensor(got, what)
         expect_close(got, _split_oracle(x, 3), what, atol=0, rtol=0,
-                     hint="Head h at position t holds x[b, t, h*d_head:(h+1)*d_head]")
+                     hint=tr("Head h at position t holds x[b, t, h*d_head:(h+1)*d_head]"))
         n += 1
     passed(fn, n)
 
@@ -128,30 +129,30 @@ def check_merge_heads(fn, seed: int = 0) -> None:
                 if contiguous:
                     y = y.contiguous()
                 saved = y.clone()
-                what = f"{who}(y {[B, H, T, d]}{'' if contiguous else ', a transposed view as split_heads returns'})"
+                what = f"{who}(y {[B, H, T, d]}{'' if contiguous else tr(', a transposed view as split_heads returns')})"
                 got = _call_strided(fn, y, what=what)
                 expect_tensor(got, what)
                 if tuple(got.shape) != (B, T, D):
                     if tuple(got.shape) == (B, T, H, d):
-                        fail(f"{what} has shape {_shape(got)}, expected {[B, T, D]}: after the transpose, "
-                             f"flatten the heads into the features (.reshape(B, T, n_heads * d_head))")
-                    fail(f"{what} has shape {_shape(got)}, expected [B, T, n_heads * d_head] = {[B, T, D]}")
+                        fail(trf("{what} has shape {_shape(got)}, expected {[B, T, D]}: after the transpose, "
+                             "flatten the heads into the features (.reshape(B, T, n_heads * d_head))"))
+                    fail(trf("{what} has shape {_shape(got)}, expected [B, T, n_heads * d_head] = {[B, T, D]}"))
                 if not torch.equal(y, saved):
-                    fail(f"{who} changed its input in place; return a new view or tensor")
+                    fail(trf("{who} changed its input in place; return a new view or tensor"))
                 if torch.equal(got, x):
                     n += 1
                     continue
                 if H > 1 and T > 1 and torch.equal(got, y.reshape(B, T, D)):
-                    fail(f"{what}: your output mixes positions: reshaping [B, n_heads, T, d_head] straight "
-                         f"to [B, T, d_model] (no transpose) puts several of head 0's "
-                         f"positions into position 0. Transpose back to [B, T, n_heads, d_head] first, then flatten")
+                    fail(trf("{what}: your output mixes positions: reshaping [B, n_heads, T, d_head] straight "
+                         "to [B, T, d_model] (no transpose) puts several of head 0's "
+                         "positions into position 0. Transpose back to [B, T, n_heads, d_head] first, then flatten"))
                 if H > 1 and d > 1 and torch.equal(got, y.permute(0, 2, 3, 1).reshape(B, T, D)):
-                    fail(f"{what}: you merged the heads in the wrong order: your features are interleaved "
-                         f"(feature 1 is head 1's feature 0). Concatenate the heads: head 0's d_head "
-                         f"features, then head 1's, ... (transpose to [B, T, n_heads, d_head], then flatten)")
+                    fail(trf("{what}: you merged the heads in the wrong order: your features are interleaved "
+                         "(feature 1 is head 1's feature 0). Concatenate the heads: head 0's d_head "
+                         "features, then head 1's, ... (transpose to [B, T, n_heads, d_head], then flatten)"))
                 expect_close(got, x, what, atol=0, rtol=0,
-                             hint="Features h*d_head .. (h+1)*d_head - 1 of position t are y[b, h, t]: "
-                                  "merge_heads(split_heads(x, h)) must give x back")
+                             hint=tr("Features h*d_head .. (h+1)*d_head - 1 of position t are y[b, h, t]: "
+                                  "merge_heads(split_heads(x, h)) must give x back"))
                 n += 1
     passed(fn, n)
 
@@ -159,31 +160,31 @@ def check_merge_heads(fn, seed: int = 0) -> None:
 # --- a plain reference multi-head attention, with the usual mistakes on request ---------------
 
 MISTAKES = {
-    "no_wo": "your output is the concatenated heads without the output projection: apply self.w_o to "
-             "the merged heads (W_O mixes what the heads found)",
-    "scale_dmodel": "you scaled the scores by sqrt(d_model) = sqrt({D}); the scale is sqrt(d_head) = "
+    "no_wo": tr("your output is the concatenated heads without the output projection: apply self.w_o to "
+             "the merged heads (W_O mixes what the heads found)"),
+    "scale_dmodel": tr("you scaled the scores by sqrt(d_model) = sqrt({D}); the scale is sqrt(d_head) = "
                     "sqrt({d}), the width of one head's queries and keys (scaled_dot_product_attention "
-                    "does it for you when q and k are split into heads first)",
-    "no_scale": "you did not scale the scores: divide them by sqrt(d_head) = sqrt({d})",
-    "split_no_transpose": "your heads mix positions: the queries, keys and values were reshaped from "
+                    "does it for you when q and k are split into heads first)"),
+    "no_scale": tr("you did not scale the scores: divide them by sqrt(d_head) = sqrt({d})"),
+    "split_no_transpose": tr("your heads mix positions: the queries, keys and values were reshaped from "
                           "[B, T, d_model] straight to [B, n_heads, T, d_head] (no transpose). Split with "
-                          "split_heads: [B, T, n_heads, d_head], then .transpose(1, 2)",
-    "merge_no_transpose": "your output mixes positions: the heads were merged by reshaping "
+                          "split_heads: [B, T, n_heads, d_head], then .transpose(1, 2)"),
+    "merge_no_transpose": tr("your output mixes positions: the heads were merged by reshaping "
                           "[B, n_heads, n_q, d_head] straight to [B, n_q, d_model] (no transpose). Merge with "
-                          "merge_heads: transpose back to [B, n_q, n_heads, d_head], then flatten",
-    "merge_interleaved": "you merged the heads in the wrong order (their features interleaved): "
-                         "concatenate head 0's d_head features, then head 1's, ... (merge_heads)",
-    "no_mask": "your output does not depend on the mask: pass mask on to scaled_dot_product_attention "
-               "(True = may attend)",
-    "inverted_mask": "your mask is inverted: True means *may attend*, so keys where the mask is False "
-                     "get zero weight",
-    "v_from_k": "your values are computed with w_k: the values are self.w_v(x_kv)",
-    "kv_from_q": "your keys and values come from x_q: in cross-attention they are projections of x_kv, "
-                 "the other sequence (x_kv is x_q only when it is None)",
-    "weight_not_transposed": "you multiplied by the weight matrices without transposing them: "
-                             "nn.Linear computes x @ weight.T + bias; call self.w_q(x) and so on",
-    "one_head": "your output is that of a single head of width d_model: split q, k and v into n_heads "
-                "heads of width d_head = d_model / n_heads before the attention",
+                          "merge_heads: transpose back to [B, n_q, n_heads, d_head], then flatten"),
+    "merge_interleaved": tr("you merged the heads in the wrong order (their features interleaved): "
+                         "concatenate head 0's d_head features, then head 1's, ... (merge_heads)"),
+    "no_mask": tr("your output does not depend on the mask: pass mask on to scaled_dot_product_attention "
+               "(True = may attend)"),
+    "inverted_mask": tr("your mask is inverted: True means *may attend*, so keys where the mask is False "
+                     "get zero weight"),
+    "v_from_k": tr("your values are computed with w_k: the values are self.w_v(x_kv)"),
+    "kv_from_q": tr("your keys and values come from x_q: in cross-attention they are projections of x_kv, "
+                 "the other sequence (x_kv is x_q only when it is None)"),
+    "weight_not_transposed": tr("you multiplied by the weight matrices without transposing them: "
+                             "nn.Linear computes x @ weight.T + bias; call self.w_q(x) and so on"),
+    "one_head": tr("your output is that of a single head of width d_model: split q, k and v into n_heads "
+                "heads of width d_head = d_model / n_heads before the attention"),
 }
 
 
@@ -269,24 +270,24 @@ def _visible(shape):
 
 def _expect_projections(mod, who: str, D: int, bias: bool) -> None:
     if not isinstance(mod, nn.Module):
-        fail(f"{who}({D}, ...) should make an nn.Module (class ...(nn.Module)), got {type(mod).__name__}")
+        fail(trf("{who}({D}, ...) should make an nn.Module (class ...(nn.Module)), got {type(mod).__name__}"))
     for name, role in (("w_q", "queries"), ("w_k", "keys"), ("w_v", "values"), ("w_o", "output")):
         lin = getattr(mod, name, None)
         if lin is None:
-            extra = " (the output projection W_O, applied to the merged heads)" if name == "w_o" else ""
-            fail(f"your {who} has no attribute {name}{extra}: name the four projections w_q, w_k, w_v, w_o, "
-                 f"each nn.Linear(d_model, d_model)")
+            extra = tr(" (the output projection W_O, applied to the merged heads)") if name == "w_o" else ""
+            fail(trf("your {who} has no attribute {name}{extra}: name the four projections w_q, w_k, w_v, w_o, "
+                 "each nn.Linear(d_model, d_model)"))
         w = getattr(lin, "weight", None)
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != (D, D):
             got = _shape(w) if isinstance(w, torch.Tensor) else type(lin).__name__
-            fail(f"{who}(d_model={D}).{name} should be nn.Linear(d_model, d_model) with weight [{D}, {D}] "
-                 f"(the {role} projection of all heads at once), got {got}")
+            fail(trf("{who}(d_model={D}).{name} should be nn.Linear(d_model, d_model) with weight [{D}, {D}] "
+                 "(the {role} projection of all heads at once), got {got}"))
         has_bias = getattr(lin, "bias", None) is not None
         if has_bias != bias:
-            fail(f"{who}(d_model={D}, bias={bias}).{name} {'has' if has_bias else 'has no'} bias: pass "
-                 f"bias=bias to each nn.Linear")
+            has = tr("has a") if has_bias else tr("has no")
+            fail(trf("{who}(d_model={D}, bias={bias}).{name} {has} bias: pass bias=bias to each nn.Linear"))
     if getattr(mod, "n_heads", None) is None:
-        fail(f"your {who} has no attribute n_heads (keep the line that sets self.n_heads)")
+        fail(trf("your {who} has no attribute n_heads (keep the line that sets self.n_heads)"))
 
 
 def _randomize(mod, D: int, gain: float = 1.5) -> None:
@@ -314,15 +315,15 @@ def _diagnose(got, mod, x_q, x_kv, mask, what: str, D: int, d: int) -> None:
 MHA_CASES = [
     # name, d_model, n_heads, bias, B, n_q, n_k (None: self-attention), mask kind
     ("self-attention", 16, 4, True, 2, 5, None, None),
-    ("cross-attention (n_q != n_k)", 16, 4, True, 2, 3, 7, None),
-    ("a causal mask [T, T]", 16, 4, True, 2, 6, None, "causal"),
-    ("a padding mask [B, 1, n_k]", 12, 3, True, 2, 4, 6, "padding"),
-    ("a 3-D mask [B, n_q, n_k] shared by the heads", 12, 3, True, 2, 5, 5, "3d"),
-    ("a mask per head [B, n_heads, n_q, n_k]", 8, 2, True, 3, 4, 5, "4d"),
+    (tr("cross-attention (n_q != n_k)"), 16, 4, True, 2, 3, 7, None),
+    (tr("a causal mask [T, T]"), 16, 4, True, 2, 6, None, "causal"),
+    (tr("a padding mask [B, 1, n_k]"), 12, 3, True, 2, 4, 6, "padding"),
+    (tr("a 3-D mask [B, n_q, n_k] shared by the heads"), 12, 3, True, 2, 5, 5, "3d"),
+    (tr("a mask per head [B, n_heads, n_q, n_k]"), 8, 2, True, 3, 4, 5, "4d"),
     ("bias=False", 10, 5, False, 1, 3, 4, "padding"),
-    ("one head", 8, 1, True, 2, 3, None, "causal"),
-    ("d_head = 1", 6, 6, True, 1, 4, None, None),
-    ("one token", 12, 4, True, 1, 1, None, "causal"),
+    (tr("one head"), 8, 1, True, 2, 3, None, "causal"),
+    (tr("d_head = 1"), 6, 6, True, 1, 4, None, None),
+    (tr("one token"), 12, 4, True, 1, 1, None, "causal"),
 ]
 
 
@@ -354,21 +355,21 @@ def check_MultiHeadAttention(cls, seed: int = 0) -> None:
             x_kv = None if n_k is None else torch.randn(B, n_k, D)
             n_k_ = n_q if n_k is None else n_k
             mask = _make_mask(kind, B, H, n_q, n_k_)
-            args = f"x_q {[B, n_q, D]}" + ("" if x_kv is None else f", x_kv {[B, n_k, D]}") + \
-                   ("" if mask is None else f", mask {_shape(mask)}")
-            what = f"{who}(d_model={D}, n_heads={H}{'' if bias else ', bias=False'})({args}), {name}"
+            args = f"x_q {[B, n_q, D]}" + ("" if x_kv is None else trf(", x_kv {[B, n_k, D]}")) + \
+                   ("" if mask is None else trf(", mask {_shape(mask)}"))
+            what = trf("{who}(d_model={D}, n_heads={H}{'' if bias else ', bias=False'})({args}), {name}")
             kwargs = {} if mask is None else {"mask": mask}
             got = call(mod, x_q, x_kv, **kwargs) if x_kv is not None else call(mod, x_q, **kwargs)
             expect_tensor(got, what)
             if tuple(got.shape) != (B, n_q, D):
-                fail(f"{what} has shape {_shape(got)}, expected [B, n_q, d_model] = {[B, n_q, D]}: one "
-                     f"output vector per query")
+                fail(trf("{what} has shape {_shape(got)}, expected [B, n_q, d_model] = {[B, n_q, D]}: one "
+                     "output vector per query"))
             want = torch_oracle(mod, x_q, x_kv, mask, bias)
             if not _same(got, want, atol=1e-5):
                 _diagnose(got, mod, x_q, x_kv, mask, what, D, d)
                 expect_close(got, want, what, atol=1e-5, rtol=1e-4,
-                             hint="The oracle is nn.MultiheadAttention(batch_first=True) with your weights "
-                                  "copied in: in_proj_weight = cat(w_q, w_k, w_v), out_proj = w_o")
+                             hint=tr("The oracle is nn.MultiheadAttention(batch_first=True) with your weights "
+                                  "copied in: in_proj_weight = cat(w_q, w_k, w_v), out_proj = w_o"))
             n += 1
         # x_kv=None is self-attention: the same as passing x_q twice
         mod = call(cls, 8, 2)
@@ -376,7 +377,7 @@ def check_MultiHeadAttention(cls, seed: int = 0) -> None:
         x = torch.randn(2, 4, 8)
         a, b = call(mod, x), call(mod, x, x)
         if not _same(a, b, atol=1e-6):
-            fail(f"{who}: forward(x) and forward(x, x) differ: x_kv=None means self-attention, x_kv = x_q")
+            fail(trf("{who}: forward(x) and forward(x, x) differ: x_kv=None means self-attention, x_kv = x_q"))
         n += 1
     passed(cls, n)
 
@@ -408,9 +409,9 @@ def check_head_weights(fn, seed: int = 0) -> None:
             x_kv = None if n_k is None else torch.randn(B, n_k, D)
             n_k_ = n_q if n_k is None else n_k
             mask = _make_mask(kind, B, H, n_q, n_k_)
-            args = (f"attn (d_model={D}, n_heads={H}), x_q {[B, n_q, D]}"
-                    + ("" if x_kv is None else f", x_kv {[B, n_k, D]}")
-                    + ("" if mask is None else f", mask {_shape(mask)}"))
+            args = (trf("attn (d_model={D}, n_heads={H}), x_q {[B, n_q, D]}")
+                    + ("" if x_kv is None else trf(", x_kv {[B, n_k, D]}"))
+                    + ("" if mask is None else trf(", mask {_shape(mask)}")))
             what = f"{who}({args})"
             kwargs = {} if mask is None else {"mask": mask}
             got = call(fn, attn, x_q, x_kv, **kwargs)
@@ -421,37 +422,37 @@ def check_head_weights(fn, seed: int = 0) -> None:
                           attn_mask=_torch_mask(mask, B, H, n_q, n_k_))
             if tuple(got.shape) != (B, H, n_q, n_k_):
                 if tuple(got.shape) == (B, n_q, n_k_) and H > 1:
-                    fail(f"{what} has shape {_shape(got)}, expected [B, n_heads, n_q, n_k] = {[B, H, n_q, n_k_]}: "
-                         f"one map per head; split q and k into heads (split_heads) and keep the heads apart "
-                         f"(no average over them)")
-                fail(f"{what} has shape {_shape(got)}, expected [B, n_heads, n_q, n_k] = {[B, H, n_q, n_k_]}")
+                    fail(trf("{what} has shape {_shape(got)}, expected [B, n_heads, n_q, n_k] = {[B, H, n_q, n_k_]}: "
+                         "one map per head; split q and k into heads (split_heads) and keep the heads apart "
+                         "(no average over them)"))
+                fail(trf("{what} has shape {_shape(got)}, expected [B, n_heads, n_q, n_k] = {[B, H, n_q, n_k_]}"))
             g = got.detach().double()
             if not torch.isfinite(g).all():
-                fail(f"{what}: your weights contain NaN or inf; every query here sees at least one key")
+                fail(trf("{what}: your weights contain NaN or inf; every query here sees at least one key"))
             rows = g.sum(-1)
             if (rows - 1).abs().max() > 1e-4:
-                fail(f"{what}: rows of your weights sum to {rows.flatten()[(rows - 1).abs().argmax()].item():.3f}, "
-                     f"expected 1: the softmax runs over the keys, the last dimension")
+                fail(trf("{what}: rows of your weights sum to {rows.flatten()[(rows - 1).abs().argmax()].item():.3f}, "
+                     "expected 1: the softmax runs over the keys, the last dimension"))
             if mask is not None:
                 m = (mask[:, None] if mask.dim() == 3 else mask).expand(B, H, n_q, n_k_)
                 if (~m).any() and g[~m].abs().max() > 1e-6:
-                    fail(f"{what}: a masked key got weight {g[~m].max().item():.3f}: pass the mask on "
-                         f"(attention_weights(q, k, mask)), a 3-D mask [B, n_q, n_k] as mask[:, None]")
+                    fail(trf("{what}: a masked key got weight {g[~m].max().item():.3f}: pass the mask on "
+                         "(attention_weights(q, k, mask)), a 3-D mask [B, n_q, n_k] as mask[:, None]"))
             q = F.linear(x_q.double(), attn.w_q.weight.double(), attn.w_q.bias.double())
             k = F.linear(kv.double(), attn.w_k.weight.double(), attn.w_k.bias.double())
             q = q.reshape(B, n_q, H, D // H).transpose(1, 2)
             k = k.reshape(B, n_k_, H, D // H).transpose(1, 2)
-            for scale, words in ((math.sqrt(D), f"sqrt(d_model) = sqrt({D})"), (1.0, "1 (not at all)")):
+            for scale, words in ((math.sqrt(D), trf("sqrt(d_model) = sqrt({D})")), (1.0, tr("1 (not at all)"))):
                 s = q @ k.transpose(-2, -1) / scale
                 if mask is not None:
                     s = s.masked_fill(~m, float("-inf"))
                 alt = torch.softmax(s, -1)
                 if not _same(alt, want, atol=1e-6) and _same(g, alt, atol=1e-5):
-                    fail(f"{what}: you scaled the scores by {words}; the scale is sqrt(d_head) = sqrt({D // H}), "
-                         f"the width of one head")
+                    fail(trf("{what}: you scaled the scores by {words}; the scale is sqrt(d_head) = sqrt({D // H}), "
+                         "the width of one head"))
             expect_close(got, want, what, atol=1e-5, rtol=1e-4,
-                         hint="The oracle is nn.MultiheadAttention(..., need_weights=True, "
-                              "average_attn_weights=False) with the same weights")
+                         hint=tr("The oracle is nn.MultiheadAttention(..., need_weights=True, "
+                              "average_attn_weights=False) with the same weights"))
             n += 1
     passed(fn, n)
 
@@ -478,43 +479,43 @@ def check_mha_flops(fn, seed: int = 0) -> None:
     who = name_of(fn)
     cases = [(2, 5, 7, 16, 4), (1, 3, 3, 12, 3), (3, 4, 9, 8, 1), (1, 1, 1, 4, 4), (2, 6, 2, 24, [6, 4, 3][seed % 3])]
     for B, n_q, n_k, D, H in cases:
-        what = f"{who}(batch={B}, n_q={n_q}, n_k={n_k}, d_model={D}, n_heads={H})"
+        what = trf("{who}(batch={B}, n_q={n_q}, n_k={n_k}, d_model={D}, n_heads={H})")
         got = call(fn, B, n_q, n_k, D, H)
         # the docstring promises an int, as matmul_flops in chapter 00: no tensors, no floats
         if not isinstance(got, int) or isinstance(got, bool):
             shown = describe(got) if isinstance(got, torch.Tensor) else repr(got)
-            fail(f"{what} should return an int (a count of floating-point operations), got "
-                 f"{type(got).__name__} {shown}: multiply ints, and use // rather than / for "
-                 f"d_head = d_model // n_heads")
+            fail(trf("{what} should return an int (a count of floating-point operations), got "
+                 "{type(got).__name__} {shown}: multiply ints, and use // rather than / for "
+                 "d_head = d_model // n_heads"))
         want = _counted_flops(B, n_q, n_k, D, H)
         if got == want:
             continue
         d = D // H
         parts = {
             "w_q": 2 * B * n_q * D * D, "w_k": 2 * B * n_k * D * D, "w_v": 2 * B * n_k * D * D,
-            "w_o": 2 * B * n_q * D * D, "scores": 2 * B * H * n_q * n_k * d, "weights @ v": 2 * B * H * n_q * n_k * d,
+            "w_o": 2 * B * n_q * D * D, "scores": 2 * B * H * n_q * n_k * d, tr("weights @ v"): 2 * B * H * n_q * n_k * d,
         }
         if got * 2 == want:
-            fail(f"{what} is {got:,}, FlopCounterMode counts {want:,}, twice as many: count 2 FLOPs per "
-                 f"multiply-add (a multiply and an add), as [m, k] @ [k, n] takes 2·m·n·k")
+            fail(trf("{what} is {got:,}, FlopCounterMode counts {want:,}, twice as many: count 2 FLOPs per "
+                 "multiply-add (a multiply and an add), as [m, k] @ [k, n] takes 2·m·n·k"))
         if got == want - parts["w_o"]:
-            fail(f"{what} is {got:,}, expected {want:,}: you left out the output projection w_o "
-                 f"(2·batch·n_q·d_model² = {parts['w_o']:,})")
-        att = parts["scores"] + parts["weights @ v"]
+            fail(trf("{what} is {got:,}, expected {want:,}: you left out the output projection w_o "
+                 "(2·batch·n_q·d_model² = {parts['w_o']:,})"))
+        att = parts["scores"] + parts[tr("weights @ v")]
         if H > 1 and got == want - att + att // H:
-            fail(f"{what} is {got:,}, expected {want:,}: your attention part counts one head "
-                 f"(4·batch·n_q·n_k·d_head); there are n_heads = {H} of them: 4·batch·n_q·n_k·d_model in all")
+            fail(trf("{what} is {got:,}, expected {want:,}: your attention part counts one head "
+                 "(4·batch·n_q·n_k·d_head); there are n_heads = {H} of them: 4·batch·n_q·n_k·d_model in all"))
         if H > 1 and got == want - att + att * H:
-            fail(f"{what} is {got:,}, expected {want:,}: your attention part is n_heads = {H} times too large: "
-                 f"each head's dot products have length d_head = {d}, not d_model")
+            fail(trf("{what} is {got:,}, expected {want:,}: your attention part is n_heads = {H} times too large: "
+                 "each head's dot products have length d_head = {d}, not d_model"))
         if n_q != n_k and got == want - parts["w_k"] - parts["w_v"] + 4 * B * n_q * D * D:
-            fail(f"{what} is {got:,}, expected {want:,}: the keys and values are projections of the n_k "
-                 f"= {n_k} tokens of x_kv, not of the n_q = {n_q} queries")
+            fail(trf("{what} is {got:,}, expected {want:,}: the keys and values are projections of the n_k "
+                 "= {n_k} tokens of x_kv, not of the n_q = {n_q} queries"))
         if got == want - att // 2:
-            fail(f"{what} is {got:,}, expected {want:,}: two matmuls per head, q @ k^T and weights @ v, "
-                 f"each 2·n_q·n_k·d_head FLOPs")
-        fail(f"{what} is {got:,}, FlopCounterMode counts {want:,} (projections: "
-             f"{sum(parts[p] for p in ('w_q', 'w_k', 'w_v', 'w_o')):,}, attention: {att:,})")
+            fail(trf("{what} is {got:,}, expected {want:,}: two matmuls per head, q @ k^T and weights @ v, "
+                 "each 2·n_q·n_k·d_head FLOPs"))
+        fail(trf("{what} is {got:,}, FlopCounterMode counts {want:,} (projections: "
+             "{sum(parts[p] for p in ('w_q', 'w_k', 'w_v', 'w_o')):,}, attention: {att:,})"))
     passed(fn, len(cases))
 
 
@@ -534,16 +535,16 @@ def check_from_torch(fn, seed: int = 0) -> None:
                     theirs.in_proj_bias.copy_(torch.randn(3 * D))
                     theirs.out_proj.bias.copy_(torch.randn(D))
             saved = {k: v.clone() for k, v in theirs.state_dict().items()}
-            what = f"{who}(nn.MultiheadAttention({D}, {H}{'' if bias else ', bias=False'}))"
+            what = trf("{who}(nn.MultiheadAttention({D}, {H}{'' if bias else ', bias=False'}))")
             ours = call(fn, theirs)
             if not isinstance(ours, nn.Module):
-                fail(f"{what} should return a MultiHeadAttention module, got {type(ours).__name__}")
+                fail(trf("{what} should return a MultiHeadAttention module, got {type(ours).__name__}"))
             _expect_projections(ours, "MultiHeadAttention", D, bias)
             if getattr(ours, "n_heads", None) != H:
-                fail(f"{what}.n_heads is {getattr(ours, 'n_heads', None)!r}, expected {H}")
+                fail(trf("{what}.n_heads is {getattr(ours, 'n_heads', None)!r}, expected {H}"))
             for k, v in theirs.state_dict().items():
                 if not torch.equal(v, saved[k]):
-                    fail(f"{who} changed the nn.MultiheadAttention it was given ({k}); copy its weights instead")
+                    fail(trf("{who} changed the nn.MultiheadAttention it was given ({k}); copy its weights instead"))
             storages = {theirs.in_proj_weight.untyped_storage().data_ptr(),
                         theirs.out_proj.weight.untyped_storage().data_ptr()}
             shared = [name for name in ("w_q", "w_k", "w_v", "w_o")
@@ -554,7 +555,7 @@ def check_from_torch(fn, seed: int = 0) -> None:
                 got = call(ours, x_q, x_kv)
             expect_tensor(got, what)
             if tuple(got.shape) != tuple(want.shape):
-                fail(f"{what}: its output has shape {_shape(got)}, expected {_shape(want)}")
+                fail(trf("{what}: its output has shape {_shape(got)}, expected {_shape(want)}"))
             if not _same(got, want, atol=1e-5):
                 W = theirs.in_proj_weight.detach()
                 parts = dict(zip(("w_q", "w_k", "w_v"), W.chunk(3)))
@@ -564,25 +565,25 @@ def check_from_torch(fn, seed: int = 0) -> None:
                         continue
                     for other, block in parts.items():
                         if torch.equal(w, block):
-                            fail(f"{what}: your {name} holds nn.MultiheadAttention's {other} block: "
-                                 f"in_proj_weight stacks [W_q; W_k; W_v] in that order (rows 0..d_model-1 "
-                                 f"are W_q)")
+                            fail(trf("{what}: your {name} holds nn.MultiheadAttention's {other} block: "
+                                 "in_proj_weight stacks [W_q; W_k; W_v] in that order (rows 0..d_model-1 "
+                                 "are W_q)"))
                     if torch.equal(w, parts[name].T):
-                        fail(f"{what}: your {name}.weight is transposed: nn.Linear and in_proj_weight both "
-                             f"store [out_features, in_features], so copy the block as it is")
-                    fail(f"{what}: your {name}.weight is not rows {['w_q', 'w_k', 'w_v'].index(name)}·d_model .. of "
-                         f"in_proj_weight (in_proj_weight.chunk(3) gives W_q, W_k, W_v)")
+                        fail(trf("{what}: your {name}.weight is transposed: nn.Linear and in_proj_weight both "
+                             "store [out_features, in_features], so copy the block as it is"))
+                    fail(trf("{what}: your {name}.weight is not rows {['w_q', 'w_k', 'w_v'].index(name)}·d_model .. of "
+                         "in_proj_weight (in_proj_weight.chunk(3) gives W_q, W_k, W_v)"))
                 if not torch.equal(ours.w_o.weight.detach(), theirs.out_proj.weight.detach()):
-                    fail(f"{what}: your w_o.weight differs from out_proj.weight: copy it as it is")
+                    fail(trf("{what}: your w_o.weight differs from out_proj.weight: copy it as it is"))
                 if bias:
                     bq, bk, bv = theirs.in_proj_bias.detach().chunk(3)
                     for name, b in (("w_q", bq), ("w_k", bk), ("w_v", bv), ("w_o", theirs.out_proj.bias.detach())):
                         if not torch.equal(getattr(ours, name).bias.detach(), b):
-                            fail(f"{what}: your {name}.bias differs from nn.MultiheadAttention's: "
-                                 f"copy in_proj_bias.chunk(3) and out_proj.bias too")
+                            fail(trf("{what}: your {name}.bias differs from nn.MultiheadAttention's: "
+                                 "copy in_proj_bias.chunk(3) and out_proj.bias too"))
                 expect_close(got, want, what, atol=1e-5, rtol=1e-4)
             if shared:
-                fail(f"{what}: your {shared[0]} shares its weight tensor with nn.MultiheadAttention; copy it "
-                     f"(with torch.no_grad(): ours.{shared[0]}.weight.copy_(...)) so that the two stay independent")
+                fail(trf("{what}: your {shared[0]} shares its weight tensor with nn.MultiheadAttention; copy it "
+                     "(with torch.no_grad(): ours.{shared[0]}.weight.copy_(...)) so that the two stay independent"))
             n += 1
     passed(fn, n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..i18n import tr, trf
 from . import (
     CheckFailed,
     NotImplementedYet,
@@ -27,10 +28,10 @@ from . import (
 )
 
 BASE = 10000.0
-FORMULA = ("PE[pos, 2i] = sin(pos / 10000^(2i/d_model)) and "
-           "PE[pos, 2i+1] = cos(pos / 10000^(2i/d_model)), with i = 0, 1, ..., d_model/2 - 1")
-ROTATION = ("x'[2i] = x[2i] cos(pos·θ_i) - x[2i+1] sin(pos·θ_i), "
-            "x'[2i+1] = x[2i] sin(pos·θ_i) + x[2i+1] cos(pos·θ_i), θ_i = 10000^(-2i/d)")
+FORMULA = (tr("PE[pos, 2i] = sin(pos / 10000^(2i/d_model)) and "
+           "PE[pos, 2i+1] = cos(pos / 10000^(2i/d_model)), with i = 0, 1, ..., d_model/2 - 1"))
+ROTATION = (tr("x'[2i] = x[2i] cos(pos·θ_i) - x[2i+1] sin(pos·θ_i), "
+            "x'[2i+1] = x[2i] sin(pos·θ_i) + x[2i+1] cos(pos·θ_i), θ_i = 10000^(-2i/d)"))
 
 
 # --- oracles (float64, written independently of the chapter) -----------------------------------
@@ -83,10 +84,10 @@ def _expect_value_error(fn, args, why: str) -> None:
     except ValueError:
         return
     except NotImplementedError:
-        raise NotImplementedYet(f"{name_of(fn)} is not implemented yet") from None
+        raise NotImplementedYet(trf("{name_of(fn)} is not implemented yet")) from None
     except Exception as e:
-        fail(f"{name_of(fn)}({shown}) raised {type(e).__name__}: {e}; expected a ValueError: {why}")
-    fail(f"{name_of(fn)}({shown}) returned a result; it should raise ValueError: {why}")
+        fail(trf("{name_of(fn)}({shown}) raised {type(e).__name__}: {e}; expected a ValueError: {why}"))
+    fail(trf("{name_of(fn)}({shown}) returned a result; it should raise ValueError: {why}"))
 
 
 # --- sinusoidal_positions ----------------------------------------------------------------------
@@ -96,23 +97,23 @@ def _diagnose_sinusoidal(got: torch.Tensor, n: int, d: int, what: str) -> None:
     g = got.detach().double().cpu()
     pos = torch.arange(n, dtype=torch.float64)
     if not _close(g[:, 0], pos.sin(), 1e-3) and _close(g[:, 0], pos.cos(), 1e-3):
-        fail(f"{what}: dimension 0 looks like cos where sin is expected (at position 0 it is "
-             f"{approx(g[0, 0].item())}, expected 0). The paper puts sin on the even dimensions and "
-             f"cos on the odd ones: {FORMULA}")
+        fail(trf("{what}: dimension 0 looks like cos where sin is expected (at position 0 it is "
+             "{approx(g[0, 0].item())}, expected 0). The paper puts sin on the even dimensions and "
+             "cos on the odd ones: {FORMULA}"))
     if d > 2 and _close(g, _sinusoidal(n, d, "concatenated"), 1e-3):
-        fail(f"{what}: you put all the sines first and then all the cosines ([sin..., cos...]); "
-             f"this course interleaves them, sin at dimension 2i and cos at 2i+1 "
-             f"(dimension 1 should be cos(pos)): {FORMULA}")
+        fail(trf("{what}: you put all the sines first and then all the cosines ([sin..., cos...]); "
+             "this course interleaves them, sin at dimension 2i and cos at 2i+1 "
+             "(dimension 1 should be cos(pos)): {FORMULA}"))
     if d > 2 and n > 1:
         want = _sinusoidal(n, d)
-        for exponent, speed, used in ((1.0, "slowly", "i"), (4.0, "fast", "4i (twice 2i)")):
+        for exponent, speed, used in ((1.0, tr("slowly"), "i"), (4.0, tr("fast"), tr("4i (twice 2i)"))):
             if _close(g, _sinusoidal(n, d, exponent=exponent), 1e-3):
-                fail(f"{what}: frequencies decay too {speed}: dimension 2 at position 1 is "
-                     f"{g[1, 2].item():.4f}, expected {want[1, 2].item():.4f}. The exponent uses "
-                     f"{used} where 2i is expected (i counts pairs): {FORMULA}")
+                fail(trf("{what}: frequencies decay too {speed}: dimension 2 at position 1 is "
+                     "{g[1, 2].item():.4f}, expected {want[1, 2].item():.4f}. The exponent uses "
+                     "{used} where 2i is expected (i counts pairs): {FORMULA}"))
     if n > 1 and _close(g, _sinusoidal(n, d, start=1), 1e-3):
-        fail(f"{what}: row 0 looks like position 1; positions count from 0, so row 0 is "
-             f"[0, 1, 0, 1, ...] (sin 0 = 0, cos 0 = 1)")
+        fail(trf("{what}: row 0 looks like position 1; positions count from 0, so row 0 is "
+             "[0, 1, 0, 1, ...] (sin 0 = 0, cos 0 = 1)"))
 
 
 def check_sinusoidal_positions(fn, seed: int = 0) -> None:
@@ -129,7 +130,7 @@ def check_sinusoidal_positions(fn, seed: int = 0) -> None:
         expect_dtype(got, torch.float32, what)
         _diagnose_sinusoidal(got, n, d, what)
         expect_close(got, _sinusoidal(n, d), what, atol=1e-4, rtol=1e-4, hint=FORMULA)
-    _expect_value_error(fn, (4, 5), "d_model must be even, since dimensions come in (sin, cos) pairs")
+    _expect_value_error(fn, (4, 5), tr("d_model must be even, since dimensions come in (sin, cos) pairs"))
     passed(fn, len(cases) + 1)
 
 
@@ -144,16 +145,16 @@ def _rope_cases(seed: int):
         seq = int(torch.randint(2, 9, ()).item())
         d = 2 * int(torch.randint(1, 33, ()).item())
         return [
-            ("x [seq, d]", torch.randn(5, 8), torch.arange(5)),
-            ("x [batch, heads, seq, d], positions out of order", torch.randn(2, 3, 4, 16),
+            (tr("x [seq, d]"), torch.randn(5, 8), torch.arange(5)),
+            (tr("x [batch, heads, seq, d], positions out of order"), torch.randn(2, 3, 4, 16),
              torch.tensor([5, 2, 9, 0])),
-            ("one token", torch.randn(1, 1, 1, 4), torch.tensor([7])),
+            (tr("one token"), torch.randn(1, 1, 1, 4), torch.tensor([7])),
             ("d = 2", torch.randn(3, 3, 2), torch.tensor([0, 1, 100])),
-            ("float positions", torch.randn(2, 3, 6), torch.tensor([0.5, 1.5, 10.25])),
-            ("random shape", torch.randn(2, seq, d), torch.randperm(4 * seq)[:seq]),
+            (tr("float positions"), torch.randn(2, 3, 6), torch.tensor([0.5, 1.5, 10.25])),
+            (tr("random shape"), torch.randn(2, seq, d), torch.randperm(4 * seq)[:seq]),
             ("float64", torch.randn(4, 10, dtype=torch.float64), torch.arange(3, 7)),
             ("float16", torch.randn(3, 16).half(), torch.tensor([0, 50, 300])),
-            ("bfloat16 at large positions", torch.randn(2, 3, 32).bfloat16(),
+            (tr("bfloat16 at large positions"), torch.randn(2, 3, 32).bfloat16(),
              torch.tensor([1000, 2047, 4095])),
         ]
 
@@ -163,17 +164,17 @@ def check_apply_rope(fn, seed: int = 0) -> None:
     name = name_of(fn)
     cases = _rope_cases(seed)
     for label, x, positions in cases:
-        what = (f"{name}(x of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')}), "
-                f"positions={positions.tolist()}) [{label}]")
+        what = (trf("{name}(x of shape {list(x.shape)} ({str(x.dtype).removeprefix('torch.')}), "
+                "positions={positions.tolist()}) [{label}]"))
         before = x.clone()
         got = call(fn, x, positions)
         expect_tensor(got, what)
         expect_shape(got, x.shape, what)
         if got.dtype != x.dtype:
-            fail(f"{what} returned dtype {got.dtype}, expected {x.dtype}: the result must keep x's dtype "
-                 f"(compute in float32 or wider inside if you like, then cast back)")
+            fail(trf("{what} returned dtype {got.dtype}, expected {x.dtype}: the result must keep x's dtype "
+                 "(compute in float32 or wider inside if you like, then cast back)"))
         if not torch.equal(x, before):
-            fail(f"{what}: your function changed x in place; return a new tensor and leave x as it was")
+            fail(trf("{what}: your function changed x in place; return a new tensor and leave x as it was"))
         atol, rtol = _TOLERANCE[x.dtype]
         want = _rope(x, positions)
         if _close(got, want, atol, rtol):
@@ -181,34 +182,34 @@ def check_apply_rope(fn, seed: int = 0) -> None:
         seq, d = x.shape[-2], x.shape[-1]
         named = [
             (_rope_half_split(x, positions),
-             "you rotated pairs (i, i + d/2); this course pairs (2i, 2i+1), neighbouring dimensions "
-             "((i, i + d/2) is the GPT-NeoX 'rotate_half' layout)"),
+             tr("you rotated pairs (i, i + d/2); this course pairs (2i, 2i+1), neighbouring dimensions "
+             "((i, i + d/2) is the GPT-NeoX 'rotate_half' layout)")),
             (_rope(x, positions, sign=-1.0),
-             "your rotation goes the wrong way (the sign of the angle is flipped)"),
+             tr("your rotation goes the wrong way (the sign of the angle is flipped)")),
             (_rope(x, positions, exponent=1.0),
-             "θ_i uses i where 2i is expected (your frequencies decay too slowly); i counts pairs, "
-             "so θ_i = 10000^(-2i/d)"),
+             tr("θ_i uses i where 2i is expected (your frequencies decay too slowly); i counts pairs, "
+             "so θ_i = 10000^(-2i/d)")),
             (_rope(x, torch.arange(seq)),
-             "you rotated token j by j (arange(seq)) and ignored `positions`; token j must be turned "
-             "by positions[j]"),
+             tr("you rotated token j by j (arange(seq)) and ignored `positions`; token j must be turned "
+             "by positions[j]")),
         ]
         for oracle, message in named:
             if _close(got, oracle, atol, rtol):
-                fail(f"{what}: {message}. Expected {ROTATION}")
+                fail(trf("{what}: {message}. Expected {ROTATION}"))
         pairs = lambda t: t.detach().double().cpu().reshape(*t.shape[:-1], d // 2, 2).norm(dim=-1)
         norm_got, norm_x = pairs(got), pairs(x)
         bad = (norm_got - norm_x).abs() > 2 * atol + 2 * rtol * norm_x
         if bad.any():
             idx = tuple(torch.nonzero(bad)[0].tolist())
-            fail(f"{what}: a rotation keeps the length of every pair (x[2i], x[2i+1]), but yours "
-                 f"changed pair i = {idx[-1]} of token {idx[-2]} from length {norm_x[idx].item():.4f} "
-                 f"to {norm_got[idx].item():.4f}. Expected {ROTATION}")
-        hint = f"Expected {ROTATION}"
+            fail(trf("{what}: a rotation keeps the length of every pair (x[2i], x[2i+1]), but yours "
+                 "changed pair i = {idx[-1]} of token {idx[-2]} from length {norm_x[idx].item():.4f} "
+                 "to {norm_got[idx].item():.4f}. Expected {ROTATION}"))
+        hint = trf("Expected {ROTATION}")
         if x.dtype in (torch.float16, torch.bfloat16):
-            hint = ("For float16/bfloat16 inputs compute the angles, cos and sin in float32 (in bfloat16 "
-                    "position 2047 rounds to 2048) and cast only the result back to x's dtype")
+            hint = (tr("For float16/bfloat16 inputs compute the angles, cos and sin in float32 (in bfloat16 "
+                    "position 2047 rounds to 2048) and cast only the result back to x's dtype"))
         expect_close(got, want, what, atol=atol, rtol=rtol, hint=hint)
-    _expect_value_error(fn, (torch.randn(3, 5), torch.arange(3)), "d must be even to form pairs")
+    _expect_value_error(fn, (torch.randn(3, 5), torch.arange(3)), tr("d must be even to form pairs"))
     passed(fn, len(cases) + 1)
 
 
@@ -243,16 +244,16 @@ def check_shift_matrix(fn, seed: int = 0) -> None:
         if _close(moved, shifted, 1e-4):
             continue
         if _close(got, _shift_oracle(-k, d), 1e-4):
-            fail(f"{what}: your matrix shifts by -k: it is the transpose of M_k, the matrix for column "
-                 f"vectors (M @ PE(pos)). Here PE(pos) is a row vector, so PE(pos + k) = PE(pos) @ M_k; "
-                 f"transpose each 2×2 block")
+            fail(trf("{what}: your matrix shifts by -k: it is the transpose of M_k, the matrix for column "
+                 "vectors (M @ PE(pos)). Here PE(pos) is a row vector, so PE(pos + k) = PE(pos) @ M_k; "
+                 "transpose each 2×2 block"))
         if d > 2 and _close(got, _shift_oracle(k, d, freq_exponent=0.0), 1e-4):
-            fail(f"{what}: every pair turns by the same angle k; pair i must turn by k·ω_i, "
-                 f"ω_i = 10000^(-2i/d_model), since each pair is a clock running at its own speed")
+            fail(trf("{what}: every pair turns by the same angle k; pair i must turn by k·ω_i, "
+                 "ω_i = 10000^(-2i/d_model), since each pair is a clock running at its own speed"))
         pos, col = (int(v) for v in torch.nonzero((moved - shifted).abs() > 1e-4)[0])
-        fail(f"{what}: PE(pos) @ M differs from PE(pos + k): at pos = {pos + start}, dimension {col} "
-             f"you get {moved[pos, col].item():.4f}, expected {shifted[pos, col].item():.4f}. "
-             f"Hint: sin(a + b) = sin a cos b + cos a sin b and cos(a + b) = cos a cos b - sin a sin b")
+        fail(trf("{what}: PE(pos) @ M differs from PE(pos + k): at pos = {pos + start}, dimension {col} "
+             "you get {moved[pos, col].item():.4f}, expected {shifted[pos, col].item():.4f}. "
+             "Hint: sin(a + b) = sin a cos b + cos a sin b and cos(a + b) = cos a cos b - sin a sin b"))
     passed(fn, len(cases))
 
 
@@ -272,10 +273,10 @@ def check_half_split_permutation(fn, seed: int = 0) -> None:
         expect_tensor(got, what)
         expect_shape(got, (d,), what)
         if got.dtype not in (torch.int64, torch.int32):
-            fail(f"{what} has dtype {got.dtype}; an index tensor needs an integer dtype (torch.long)")
+            fail(trf("{what} has dtype {got.dtype}; an index tensor needs an integer dtype (torch.long)"))
         if not torch.equal(got.sort().values.cpu().long(), torch.arange(d)):
-            fail(f"{what} is not a permutation: it must hold each index 0 .. {d - 1} exactly once, "
-                 f"got {got.tolist() if d <= 16 else '...'}")
+            fail(trf("{what} is not a permutation: it must hold each index 0 .. {d - 1} exactly once, "
+                 "got {got.tolist() if d <= 16 else '...'}"))
         p = got.cpu().long()
         xd = x[..., :d]
         if torch.allclose(_rope(xd[..., p], positions), _rope_half_split(xd, positions)[..., p], atol=1e-9):
@@ -283,13 +284,13 @@ def check_half_split_permutation(fn, seed: int = 0) -> None:
         half = torch.arange(d // 2)
         right = torch.stack((half, half + d // 2), dim=-1).reshape(d)
         if torch.equal(p, torch.arange(d)):
-            fail(f"{what} is arange(d), which changes nothing; the two layouts pair different "
-                 f"dimensions, so x must be reordered")
+            fail(trf("{what} is arange(d), which changes nothing; the two layouts pair different "
+                 "dimensions, so x must be reordered"))
         if torch.equal(p, right.argsort()):
-            fail(f"{what}: you returned the inverse permutation. x[..., perm] takes element perm[j] "
-                 f"to place j, so perm[2i] must be i and perm[2i+1] must be i + d/2")
-        fail(f"{what}: after reordering, the pairs (2i, 2i+1) are not the half-split pairs (i, i + d/2): "
-             f"perm[2i] must be i and perm[2i+1] must be i + d/2 (perm[:6] is {p[:6].tolist()})")
+            fail(trf("{what}: you returned the inverse permutation. x[..., perm] takes element perm[j] "
+                 "to place j, so perm[2i] must be i and perm[2i+1] must be i + d/2"))
+        fail(trf("{what}: after reordering, the pairs (2i, 2i+1) are not the half-split pairs (i, i + d/2): "
+             "perm[2i] must be i and perm[2i+1] must be i + d/2 (perm[:6] is {p[:6].tolist()})"))
     passed(fn, len(cases))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..i18n import tr, trf
 from . import beside, call, expect_tensor, fail, name_of, passed, seeded
 from .flash import _close, _make, _partial, _where, check_merge
 
@@ -25,9 +26,9 @@ def _merge_cases(seed: int):
     with seeded(seed):
         r = lambda lo, hi: int(torch.randint(lo, hi, ()))
         rand = ((2, 2), r(2, 20), 40, 32, r(1, 39), 1.0, 2, "random")
-    return [((2,), 6, 10, 16, 4, 1.0, 0, "two parts"),
-            ((1,), 5, 12, 16, 7, 40.0, 0, "large scores (lse far above 88)"),
-            ((3,), 9, 11, 8, 5, 1.0, 3, "rows with no key in a part, or in both"), rand]
+    return [((2,), 6, 10, 16, 4, 1.0, 0, tr("two parts")),
+            ((1,), 5, 12, 16, 7, 40.0, 0, tr("large scores (lse far above 88)")),
+            ((3,), 9, 11, 8, 5, 1.0, 3, tr("rows with no key in a part, or in both")), rand]
 
 
 def _merge_mask(n_q, n_k, split, empty, seed):
@@ -61,12 +62,12 @@ def _ring_cases(seed: int):
         r = lambda lo, hi: int(torch.randint(lo, hi, ()))
         P, zig = r(2, 5), bool(r(0, 2))
         rand = (P, "zigzag" if zig else "contiguous", True, (2,), 2 * r(1, 4), 16, "random")
-    return [(1, "contiguous", False, (2,), 5, 8, "one rank"),
-            (2, "contiguous", False, (1, 2), 3, 16, "two ranks"),
-            (4, "contiguous", False, (2,), 3, 8, "four ranks"),
-            (3, "contiguous", True, (2,), 5, 8, "causal, three ranks"),
-            (4, "contiguous", True, (), 3, 16, "causal, four ranks"),
-            (4, "zigzag", True, (2,), 4, 8, "causal, zigzag layout, four ranks"), rand]
+    return [(1, "contiguous", False, (2,), 5, 8, tr("one rank")),
+            (2, "contiguous", False, (1, 2), 3, 16, tr("two ranks")),
+            (4, "contiguous", False, (2,), 3, 8, tr("four ranks")),
+            (3, "contiguous", True, (2,), 5, 8, tr("causal, three ranks")),
+            (4, "contiguous", True, (), 3, 16, tr("causal, four ranks")),
+            (4, "zigzag", True, (2,), 4, 8, tr("causal, zigzag layout, four ranks")), rand]
 
 
 def _pairs_reference(q, k, v, P, layout, pairs):
@@ -112,79 +113,79 @@ def check_ring_attention(fn, seed: int = 0) -> None:
         full = torch.ones(N, N, dtype=torch.bool)
         mask = full.tril() if causal else full
         want_o, want_lse = _partial(qd, kd, vd, mask)
-        head = (f"{name_of(fn)} on {P} simulated rank(s), whole q, k, v "
-                f"{list(batch) + [N, d]} split into blocks of {n}, causal={causal}, "
-                f"layout={layout!r} [{what}]")
+        head = (trf("{name_of(fn)} on {P} simulated rank(s), whole q, k, v "
+                "{list(batch) + [N, d]} split into blocks of {n}, causal={causal}, "
+                "layout={layout!r} [{what}]"))
         o, lse, sent = call(run_on_ranks, q, k, v, P, causal, layout)
         expect_tensor(o, f"{head}: o")
-        expect_tensor(lse, f"{head}: lse")
+        expect_tensor(lse, trf("{head}: lse"))
         if tuple(o.shape) != tuple(q.shape) or tuple(lse.shape) != tuple(q.shape[:-1]):
-            fail(f"{head}: the gathered o and lse have shapes {list(o.shape)} and "
-                 f"{list(lse.shape)}, expected {list(q.shape)} and {list(q.shape[:-1])}: each "
-                 f"rank returns (o [..., {n}, {d}], lse [..., {n}])")
+            fail(trf("{head}: the gathered o and lse have shapes {list(o.shape)} and "
+                 "{list(lse.shape)}, expected {list(q.shape)} and {list(q.shape[:-1])}: each "
+                 "rank returns (o [..., {n}, {d}], lse [..., {n}])"))
         atol = 2e-5
         if _close(o, want_o, atol) and _close(lse, want_lse, atol):
             wrong = [r for r in range(P) if sent[r] != P - 1]
             if wrong:
                 r = wrong[0]
-                fail(f"{head}: o and lse are right, but rank {r} sent {sent[r]} "
-                     f"message(s) with ring_shift; a ring of {P} rank(s) needs {P - 1}: "
-                     "shift at steps 0 .. P - 2, not at the last step, "
-                     + ("where the block would travel once more to a rank that has "
+                fail(trf("{head}: o and lse are right, but rank {r} sent {sent[r]} "
+                     "message(s) with ring_shift; a ring of {P} rank(s) needs {P - 1}: "
+                     "shift at steps 0 .. P - 2, not at the last step, ")
+                     + (tr("where the block would travel once more to a rank that has "
                         "already seen it (on a real ring, a whole K/V block's transfer "
-                        "for nothing)" if sent[r] > P - 1 else
-                        "or some blocks never reach this rank"))
+                        "for nothing)") if sent[r] > P - 1 else
+                        tr("or some blocks never reach this rank")))
             continue
         g, gl = o.detach().double(), lse.detach().double()
         if torch.isnan(g).any() or torch.isnan(gl).any():
-            fail(f"{head}: o or lse contains NaN. A block a query cannot see gives o = 0 "
+            fail(trf("{head}: o or lse contains NaN. A block a query cannot see gives o = 0 "
                  "and lse = -inf; merging it must not produce NaN (see "
-                 "merge_partial_attention)")
+                 "merge_partial_attention)"))
         if _close(gl, want_lse, atol):
-            fail(f"{head}: your lse is right but o is not: when the running lse grows, the o "
+            fail(trf("{head}: your lse is right but o is not: when the running lse grows, the o "
                  "accumulated so far must be rescaled by exp(lse_old - lse_new) (missing "
-                 "rescale); merge_partial_attention does both")
+                 "rescale); merge_partial_attention does both"))
         if causal:
             if _close(g, _partial(qd, kd, vd, full)[0], atol):
-                fail(f"{head}: your o ignores the causal mask: with causal=True a query at "
+                fail(trf("{head}: your o ignores the causal mask: with causal=True a query at "
                      "position i sees keys j <= i only (block_attention(..., causal=True) "
-                     "with the global positions)")
+                     "with the global positions)"))
             from ..ring import block_positions
 
             for pairs, why in (
-                    (lambda r, t: (r - t, r + t), "you labelled the block held after t hops "
+                    (lambda r, t: (r - t, r + t), tr("you labelled the block held after t hops "
                      "as rank (r + t)'s, but blocks move to rank + 1, so rank r then holds "
-                     "rank (r - t) mod P's block"),
-                    (lambda r, t: (r - t, r - t - 1), "off by one in the rotation: after "
+                     "rank (r - t) mod P's block")),
+                    (lambda r, t: (r - t, r - t - 1), tr("off by one in the rotation: after "
                      "t hops rank r holds rank (r - t) mod P's block; (r - t - 1) mod P's is "
-                     "the one arriving"),
-                    (lambda r, t: (r - t, "q"), "you gave block_attention the queries' "
+                     "the one arriving")),
+                    (lambda r, t: (r - t, "q"), tr("you gave block_attention the queries' "
                      "positions q_pos for the keys too, so every block got the diagonal "
                      "block's mask (your causal skip is right). The keys' positions are "
                      "those of the rank the block came from: block_positions((r - t) % P, "
-                     "P, n, layout)")):
+                     "P, n, layout)"))):
                 if _close(g, _pairs_reference(qd, kd, vd, P, layout, pairs)[0], atol):
-                    fail(f"{head}: the key positions of your blocks are wrong: {why}")
+                    fail(trf("{head}: the key positions of your blocks are wrong: {why}"))
             own = torch.cat([torch.full((n,), r) for r in range(P)])
             pos = torch.cat([block_positions(r, P, n, layout) for r in range(P)])
             rank_of = own[torch.argsort(pos)]  # rank holding each position
             if layout == "contiguous":
                 strict = mask & (rank_of[None, :] < rank_of[:, None])
                 if _close(g, _partial(qd, kd, vd, strict)[0], atol):
-                    fail(f"{head}: your ranks skip their own (diagonal) block: with causal=True "
+                    fail(trf("{head}: your ranks skip their own (diagonal) block: with causal=True "
                          "rank r must attend to blocks 0..r, its own one under the causal mask; "
-                         "skip only the blocks of ranks after r")
+                         "skip only the blocks of ranks after r"))
             if (gl <= want_lse + atol).all() and (gl < want_lse - atol).any():
-                fail(f"{head}: your lse is smaller than attention's: some queries never saw "
+                fail(trf("{head}: your lse is smaller than attention's: some queries never saw "
                      "keys they should see. With causal=True skip a block only when no query "
-                     "of this rank sees any of its keys (k_pos.min() > every q_pos)")
+                     "of this rank sees any of its keys (k_pos.min() > every q_pos)"))
         if (gl <= want_lse + atol).all() and (gl < want_lse - atol).any():
-            fail(f"{head}: your lse is smaller than attention's over all keys: some K/V blocks "
+            fail(trf("{head}: your lse is smaller than attention's over all keys: some K/V blocks "
                  "were never attended to. Each rank must attend to P blocks, its own and the "
-                 "P - 1 it receives: attend to the block in hand, then take the received one")
+                 "P - 1 it receives: attend to the block in hand, then take the received one"))
         if not _close(o, want_o, atol):
             fail(_where(o, want_o, head + ": o", atol))
-        fail(_where(lse, want_lse, head + ": lse", atol))
+        fail(_where(lse, want_lse, head + tr(": lse"), atol))
     passed(fn, len(cases))
 
 
@@ -208,12 +209,12 @@ def check_ring_attention_rope(fn, seed: int = 0) -> None:
         mask = torch.ones(N, N, dtype=torch.bool)
         mask = mask.tril() if causal else mask
         want_o, want_lse = _partial(apply_rope(q, pos), apply_rope(k, pos), v, mask)
-        head = (f"{name_of(fn)} on {P} simulated ranks, q, k, v {list(batch) + [N, d]}, "
-                f"causal={causal}, layout={layout!r}")
+        head = (trf("{name_of(fn)} on {P} simulated ranks, q, k, v {list(batch) + [N, d]}, "
+                "causal={causal}, layout={layout!r}"))
         o, lse = call(run_on_ranks, q, k, v, P, causal, layout)
         expect_tensor(o, f"{head}: o")
         if tuple(o.shape) != tuple(q.shape):
-            fail(f"{head}: o has shape {list(o.shape)}, expected {list(q.shape)}")
+            fail(trf("{head}: o has shape {list(o.shape)}, expected {list(q.shape)}"))
         if _close(o, want_o, 1e-8) and _close(lse, want_lse, 1e-8):
             continue
         from ..ring import gather_sequence
@@ -221,12 +222,12 @@ def check_ring_attention_rope(fn, seed: int = 0) -> None:
         local = gather_sequence([torch.arange(n)[:, None].double()] * P, layout)[:, 0]
         wrong_o, _ = _partial(apply_rope(q, local), apply_rope(k, local), v, mask)
         if _close(o, wrong_o, 1e-8):
-            fail(f"{head}: every rank rotated its block as if it started at position 0. "
+            fail(trf("{head}: every rank rotated its block as if it started at position 0. "
                  "Rotate by the tokens' global positions: block_positions(rank, size, n, "
-                 "layout)")
+                 "layout)"))
         if _close(o, _partial(q, k, v, mask)[0], 1e-8):
-            fail(f"{head}: o is attention without any rotation: apply apply_rope to q and k")
+            fail(trf("{head}: o is attention without any rotation: apply apply_rope to q and k"))
         if _close(o, _partial(apply_rope(q, pos), k, v, mask)[0], 1e-8):
-            fail(f"{head}: only q was rotated: rotate k by its positions too")
+            fail(trf("{head}: only q was rotated: rotate k by its positions too"))
         fail(_where(o, want_o, head + ": o", 1e-8))
     passed(fn, len(cases))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..i18n import tr, trf
 from . import call, expect_tensor, fail, name_of, passed, seeded
 
 __all__ = ["check_wkv_recurrent", "check_wkv_parallel", "reference"]
@@ -81,29 +82,29 @@ def reference(w, u, k, v, bug=None):
 
 
 BUGS = {
-    "no_bonus": "your output is what you get without the bonus u, or with u on every "
+    "no_bonus": tr("your output is what you get without the bonus u, or with u on every "
                 "token (then e^u is a common factor and cancels): the current token alone "
-                "enters as e^{u + k_t} v_t, the past ones as e^{-(t-1-i) w + k_i} v_i",
-    "decay_current": "your output is what you get with the current token decayed too, "
+                "enters as e^{u + k_t} v_t, the past ones as e^{-(t-1-i) w + k_i} v_i"),
+    "decay_current": tr("your output is what you get with the current token decayed too, "
                      "e^{u + k_t - w}: the current token gets the bonus u and no decay; "
-                     "token i < t is decayed t - 1 - i times",
-    "decay_sign": "your output is what you get with the decay's sign flipped, "
+                     "token i < t is decayed t - 1 - i times"),
+    "decay_sign": tr("your output is what you get with the decay's sign flipped, "
                   "e^{+(t-1-i) w}: w >= 0 and the past fades, e^{-(t-1-i) w} (in RWKV's "
-                  "code w = -exp(time_decay) is stored negative: mind which one you have)",
-    "current_in_decayed": "your output counts the current token twice: in the decayed sum "
+                  "code w = -exp(time_decay) is stored negative: mind which one you have)"),
+    "current_in_decayed": tr("your output counts the current token twice: in the decayed sum "
                           "(i <= t) and with the bonus. The decayed sum runs over i < t "
-                          "only (mask off by one)",
-    "no_norm": "your output is the numerator alone: divide by the same sum without the "
-               "v's, sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t}",
-    "no_norm_stabilized": "your output is the numerator alone (scaled by e^{-max}): divide "
-                          "by the same sum without the v's, scaled by the same maximum",
-    "max_not_carried": "your output is what you get when the running maximum p is reset "
+                          "only (mask off by one)"),
+    "no_norm": tr("your output is the numerator alone: divide by the same sum without the "
+               "v's, sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t}"),
+    "no_norm_stabilized": tr("your output is the numerator alone (scaled by e^{-max}): divide "
+                          "by the same sum without the v's, scaled by the same maximum"),
+    "max_not_carried": tr("your output is what you get when the running maximum p is reset "
                        "to the current key k_t after each step: a and b were scaled by "
-                       "e^{-max(p - w, k_t)}, so p must become that maximum",
-    "max_largest_key": "your output is what you get when p becomes the largest key seen "
+                       "e^{-max(p - w, k_t)}, so p must become that maximum"),
+    "max_largest_key": tr("your output is what you get when p becomes the largest key seen "
                        "so far, max(p, k_t): a and b were scaled by e^{-max(p - w, k_t)} "
                        "(the past's exponents drop by w each step), so p must become "
-                       "that maximum, the exponent they are stored relative to",
+                       "that maximum, the exponent they are stored relative to"),
 }
 
 
@@ -132,10 +133,10 @@ def _close(got, want, tol) -> bool:
 def _expect_output(out, k, head):
     expect_tensor(out, head)
     if list(out.shape) != list(k.shape):
-        fail(f"{head} has shape {list(out.shape)}, expected {list(k.shape)} = [B, N, C]: "
-             "one output per token and channel")
+        fail(trf("{head} has shape {list(out.shape)}, expected {list(k.shape)} = [B, N, C]: "
+             "one output per token and channel"))
     if out.dtype != k.dtype:
-        fail(f"{head} has dtype {out.dtype}, expected the inputs' dtype {k.dtype}")
+        fail(trf("{head} has dtype {out.dtype}, expected the inputs' dtype {k.dtype}"))
 
 
 def _diagnose(out, w, u, k, v, head, tol, big=False):
@@ -143,12 +144,12 @@ def _diagnose(out, w, u, k, v, head, tol, big=False):
     if not torch.isfinite(g).all():
         idx = tuple(torch.nonzero(~torch.isfinite(g))[0].tolist())
         if big:
-            fail(f"{head} contains {g[idx].item()} (first at index {list(idx)}): exp "
+            fail(trf("{head} contains {g[idx].item()} (first at index {list(idx)}): exp "
                  "overflowed or underflowed, e^k for keys near +-100 is out of float32's "
                  "range. Subtract the running maximum of the exponents before exp (p in "
-                 "the recurrence, the row maximum in the parallel form)")
-        fail(f"{head} contains {g[idx].item()} (first at index {list(idx)}), expected "
-             "finite values: is the normalizer ever 0, or an exponent inf?")
+                 "the recurrence, the row maximum in the parallel form)"))
+        fail(trf("{head} contains {g[idx].item()} (first at index {list(idx)}), expected "
+             "finite values: is the normalizer ever 0, or an exponent inf?"))
     for bug in BUGS:
         if _close(g, reference(w, u, k, v, bug), max(tol, 1e-6) * 10):
             fail(f"{head}: {BUGS[bug]}")
@@ -156,9 +157,9 @@ def _diagnose(out, w, u, k, v, head, tol, big=False):
     err = (g - want).abs()
     bad = err > tol * (1 + want.abs())
     idx = tuple(torch.nonzero(bad)[0].tolist())
-    fail(f"{head}: at index {list(idx)} (b, t, c) you have {g[idx].item():.6g}, expected "
-         f"{want[idx].item():.6g} (largest difference {err.max().item():.3g}, "
-         f"{int(bad.sum())} of {bad.numel()} entries wrong; tolerance {tol:g})")
+    fail(trf("{head}: at index {list(idx)} (b, t, c) you have {g[idx].item():.6g}, expected "
+         "{want[idx].item():.6g} (largest difference {err.max().item():.3g}, "
+         "{int(bad.sum())} of {bad.numel()} entries wrong; tolerance {tol:g})"))
 
 
 def _cases(seed):
@@ -174,12 +175,12 @@ def _check(fn, seed):
     for i, (b, t, c, dtype, scale) in enumerate(_cases(seed)):
         w, u, k, v = _make(b, t, c, seed + i, dtype, scale)
         head = (f"{who}(w, u [{c}], k, v [{b}, {t}, {c}], {str(dtype)[6:]}"
-                + (f", keys near {scale:g}" if scale else "") + ")")
+                + (trf(", keys near {scale:g}") if scale else "") + ")")
         w0, k0 = w.clone(), k.clone()
         out = call(fn, w, u, k, v)
         _expect_output(out, k, head)
         if not (torch.equal(w, w0) and torch.equal(k, k0)):
-            fail(f"{head} changed its arguments in place: leave w and k as they are")
+            fail(trf("{head} changed its arguments in place: leave w and k as they are"))
         if not _close(out, reference(w, u, k, v), _tol(dtype)):
             _diagnose(out, w, u, k, v, head, _tol(dtype), big=bool(scale))
         n_cases += 1

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from ..i18n import tr, trf
 from . import (CheckFailed, NotImplementedYet, approx, beside, call, describe, expect_close,
                expect_shape, fail, name_of, passed)
 
@@ -92,14 +93,14 @@ def _emit(fn, draft, q, p, seed: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
     got = call(fn, draft.clone(), q.clone(), p.clone(), gen)
     if not isinstance(got, torch.Tensor) or got.dim() != 1 or got.is_floating_point():
-        fail(f"{name_of(fn)} should return a 1-D integer tensor of token ids, got {describe(got)}")
+        fail(trf("{name_of(fn)} should return a 1-D integer tensor of token ids, got {describe(got)}"))
     gamma = len(draft)
     if not 1 <= len(got) <= gamma + 1:
-        fail(f"{name_of(fn)} returned {len(got)} tokens for gamma = {gamma} drafts: one target call "
-             f"emits between 1 and gamma + 1 = {gamma + 1} (the accepted drafts, then one more)")
+        fail(trf("{name_of(fn)} returned {len(got)} tokens for gamma = {gamma} drafts: one target call "
+             "emits between 1 and gamma + 1 = {gamma + 1} (the accepted drafts, then one more)"))
     if not torch.equal(got[:-1].cpu(), draft[:len(got) - 1]):
-        fail(f"{name_of(fn)} returned {got.tolist()} for drafts {draft.tolist()}: all tokens but the "
-             "last must be the accepted prefix of the drafts, unchanged")
+        fail(trf("{name_of(fn)} returned {got.tolist()} for drafts {draft.tolist()}: all tokens but the "
+             "last must be the accepted prefix of the drafts, unchanged"))
     return got.tolist()
 
 
@@ -197,50 +198,50 @@ def check_verify_draft(fn, seed: int = 0) -> None:
     n = 0
     for got in _results(outputs, problem, 0):
         if len(got) <= gamma:
-            fail(f"{name_of(fn)}: where p = q every draft must be accepted (min(1, p/q) = 1), and then "
-                 f"one more token, the bonus, is drawn from p_probs[gamma]; you returned {len(got)} "
-                 f"tokens for gamma = {gamma}")
+            fail(trf("{name_of(fn)}: where p = q every draft must be accepted (min(1, p/q) = 1), and then "
+                 "one more token, the bonus, is drawn from p_probs[gamma]; you returned {len(got)} "
+                 "tokens for gamma = {gamma}"))
         if got[-1] != 0:
-            fail(f"{name_of(fn)}: after all {gamma} drafts are accepted, the bonus token must be drawn "
-                 f"from p_probs[gamma] (here always token 0); you emitted token {got[-1]}")
+            fail(trf("{name_of(fn)}: after all {gamma} drafts are accepted, the bonus token must be drawn "
+                 "from p_probs[gamma] (here always token 0); you emitted token {got[-1]}"))
         n += 1
 
     kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 1))
     if kept < 100:
-        fail(f"{name_of(fn)}: draft token 2 has p = 0.8 and q = 0.2, so it must always be accepted "
-             f"(min(1, p/q) = 1); you rejected it {100 - kept} times in 100. Is the ratio upside down "
-             "(q/p)?")
+        fail(trf("{name_of(fn)}: draft token 2 has p = 0.8 and q = 0.2, so it must always be accepted "
+             "(min(1, p/q) = 1); you rejected it {100 - kept} times in 100. Is the ratio upside down "
+             "(q/p)?"))
     n += 100
 
     for got in _results(outputs, problem, 2):
         if len(got) > j + 1:
-            fail(f"{name_of(fn)}: draft token {x} at position {j} has p = 0 under the target and "
-                 f"q = 0.5, so it can never be accepted (min(1, p/q) = 0); you accepted it. Accept when "
-                 "r < p(x) / q(x), with r uniform in [0, 1)")
+            fail(trf("{name_of(fn)}: draft token {x} at position {j} has p = 0 under the target and "
+                 "q = 0.5, so it can never be accepted (min(1, p/q) = 0); you accepted it. Accept when "
+                 "r < p(x) / q(x), with r uniform in [0, 1)"))
         if len(got) < j + 1:
-            fail(f"{name_of(fn)}: you rejected the draft at position {len(got) - 1}, where p = q "
-                 "(acceptance probability min(1, p/q) = 1)")
+            fail(trf("{name_of(fn)}: you rejected the draft at position {len(got) - 1}, where p = q "
+                 "(acceptance probability min(1, p/q) = 1)"))
         if got[-1] != t:
-            fail(f"{name_of(fn)}: after rejecting draft token {x} at position {j}, you emitted token "
-                 f"{got[-1]}, but max(0, p - q) is {approx(0.5)} for token {t} and 0 for every "
-                 f"other: the replacement must be drawn from max(0, p_{j} - q_{j}), normalized. "
-                 "Drawing it from p counts the tokens the draft proposed twice")
+            fail(trf("{name_of(fn)}: after rejecting draft token {x} at position {j}, you emitted token "
+                 "{got[-1]}, but max(0, p - q) is {approx(0.5)} for token {t} and 0 for every "
+                 "other: the replacement must be drawn from max(0, p_{j} - q_{j}), normalized. "
+                 "Drawing it from p counts the tokens the draft proposed twice"))
         n += 1
 
     kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 3))
     if kept > 40:
-        fail(f"{name_of(fn)}: draft token 2 has p = 0.04 and q = 0.8, so it should be accepted with "
-             f"probability p/q = 0.05; you accepted it {kept} times in 200. Is the ratio upside down "
-             "(q/p)?")
+        fail(trf("{name_of(fn)}: draft token 2 has p = 0.04 and q = 0.8, so it should be accepted with "
+             "probability p/q = 0.05; you accepted it {kept} times in 200. Is the ratio upside down "
+             "(q/p)?"))
     n += 200
 
     kept = sum(len(got) == gamma + 1 for got in _results(outputs, problem, 4))
     want = 200 / 2 ** gamma
     if kept > (want + 100) / 2:
-        fail(f"{name_of(fn)}: each of {gamma} drafts has p/q = 1/2, so all {gamma} are accepted with "
-             f"probability (1/2)^{gamma}, about {approx(want, 3)} times in 200; you accepted all of "
-             f"them {kept} times. Draw a new uniform r for each draft: one r for the whole round "
-             "makes the acceptances of a round depend on each other")
+        fail(trf("{name_of(fn)}: each of {gamma} drafts has p/q = 1/2, so all {gamma} are accepted with "
+             "probability (1/2)^{gamma}, about {approx(want, 3)} times in 200; you accepted all of "
+             "them {kept} times. Draw a new uniform r for each draft: one r for the whole round "
+             "makes the acceptances of a round depend on each other"))
     n += 200
 
     counts = torch.zeros(V)
@@ -250,17 +251,17 @@ def check_verify_draft(fn, seed: int = 0) -> None:
     if p_value < ALPHA:
         freq = counts / counts.sum()
         worst = int(((freq - pc).abs()).argmax())
-        fail(f"{name_of(fn)}: the tokens you emit do not follow the target's distribution p: token "
-             f"{worst} came out {approx(freq[worst].item(), 3)} of the time, p gives it "
-             f"{approx(pc[worst].item(), 3)} (chi-square p-value {p_value:.1e}, over "
-             f"{int(counts.sum())} tokens)")
+        fail(trf("{name_of(fn)}: the tokens you emit do not follow the target's distribution p: token "
+             "{worst} came out {approx(freq[worst].item(), 3)} of the time, p gives it "
+             "{approx(pc[worst].item(), 3)} (chi-square p-value {p_value:.1e}, over "
+             "{int(counts.sum())} tokens)"))
     n += 1
 
     runs = _results(outputs, problem, 6)
     for a, b in zip(runs[:10], runs[10:]):
         if a != b:
-            fail(f"{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
-                 "draw every random number from `generator`")
+            fail(trf("{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
+                 "draw every random number from `generator`"))
     passed(fn, n + 1)
 
 
@@ -281,12 +282,12 @@ class _Bigram:
     def __call__(self, ids):
         if (not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point()
                 or ids.shape[1] == 0):
-            fail(f"a model was called with {describe(ids)}; it takes ids [1, T] (integer, T >= 1)")
+            fail(trf("a model was called with {describe(ids)}; it takes ids [1, T] (integer, T >= 1)"))
         self.calls += 1
         if self.calls > self.max_calls:
-            fail(f"a model was called more than {self.max_calls} times to decode at most 12 tokens: "
+            fail(trf("a model was called more than {self.max_calls} times to decode at most 12 tokens: "
                  "does every round of your loop add at least one token (the replacement or the "
-                 "bonus), including the last round, when fewer tokens are missing than gamma?")
+                 "bonus), including the last round, when fewer tokens are missing than gamma?"))
         return self.logits[ids]
 
 
@@ -312,11 +313,11 @@ def _warp(probs, temperature, top_k=None, top_p=None):
 def _generate(fn, target, draft, prompt, m, gamma, temperature, seed, **kw) -> list[int]:
     got = call(fn, target, draft, prompt.clone(), m, gamma=gamma, temperature=temperature,
                generator=torch.Generator().manual_seed(seed), **kw)
-    expect_shape(got, (1, prompt.shape[1] + m), f"{name_of(fn)}(prompt [1, {prompt.shape[1]}], "
-                                                f"max_new_tokens={m})")
+    expect_shape(got, (1, prompt.shape[1] + m), trf("{name_of(fn)}(prompt [1, {prompt.shape[1]}], "
+                                                "max_new_tokens={m})"))
     if got.is_floating_point() or not torch.equal(got[:, :prompt.shape[1]].cpu(), prompt):
-        fail(f"{name_of(fn)} should return integer ids that start with the prompt {prompt.tolist()}, "
-             f"got {got[:, :prompt.shape[1]].tolist()} ({got.dtype})")
+        fail(trf("{name_of(fn)} should return integer ids that start with the prompt {prompt.tolist()}, "
+             "got {got[:, :prompt.shape[1]].tolist()} ({got.dtype})"))
     return got[0, prompt.shape[1]:].cpu().tolist()
 
 
@@ -385,31 +386,31 @@ def _check_stats(fn, got: dict | None, before: dict, want: dict, target_calls: i
                  draft_calls: int, what: str) -> None:
     """The models' call counters and the stats dict of one run against the counts of the rounds."""
     if draft_calls > want["drafted"]:
-        fail(f"{name_of(fn)} {what} called the draft {draft_calls} times; drafting "
-             f"k = min(gamma, missing - 1) tokens per round needs {want['drafted']}. Never draft "
-             "more tokens than are still needed: a target call on k drafts yields up to k + 1 tokens")
+        fail(trf("{name_of(fn)} {what} called the draft {draft_calls} times; drafting "
+             "k = min(gamma, missing - 1) tokens per round needs {want['drafted']}. Never draft "
+             "more tokens than are still needed: a target call on k drafts yields up to k + 1 tokens"))
     if target_calls != want["target_calls"] or draft_calls != want["drafted"]:
-        fail(f"{name_of(fn)} {what} called the target {target_calls} times and the draft "
-             f"{draft_calls} times; drafting k = min(gamma, missing - 1) tokens per round and "
-             f"calling the target once per round takes {want['target_calls']} and "
-             f"{want['drafted']}")
+        fail(trf("{name_of(fn)} {what} called the target {target_calls} times and the draft "
+             "{draft_calls} times; drafting k = min(gamma, missing - 1) tokens per round and "
+             "calling the target once per round takes {want['target_calls']} and "
+             "{want['drafted']}"))
     if got is None or got == before:
-        fail(f"{name_of(fn)} {what} did not update `stats`: add this call's counts ("
-             + ", ".join(STATS) + ") to the dict it is given")
+        fail(trf("{name_of(fn)} {what} did not update `stats`: add this call's counts (")
+             + ", ".join(STATS) + tr(") to the dict it is given"))
     for key in STATS:
         if key not in got:
-            fail(f"{name_of(fn)} {what}: stats has no key {key!r} after the call; it should count "
+            fail(trf("{name_of(fn)} {what}: stats has no key {key!r} after the call; it should count ")
                  + ", ".join(STATS))
         have = got[key] - before.get(key, 0)
         if have != want[key]:
-            meaning = {"target_calls": "target calls",
-                       "drafted": "draft tokens proposed to the target",
-                       "accepted": "drafts accepted (not the replacement or bonus token)",
-                       "rejected": "rounds that ended in a rejection"}[key]
-            extra = (f" (stats held {before[key]} before the call: add to it)"
+            meaning = {"target_calls": tr("target calls"),
+                       "drafted": tr("draft tokens proposed to the target"),
+                       "accepted": tr("drafts accepted (not the replacement or bonus token)"),
+                       "rejected": tr("rounds that ended in a rejection")}[key]
+            extra = (trf(" (stats held {before[key]} before the call: add to it)")
                      if before.get(key) and got[key] == want[key] else "")
-            fail(f"{name_of(fn)} {what}: stats[{key!r}] grew by {have}, but there were "
-                 f"{want[key]} {meaning}{extra}")
+            fail(trf("{name_of(fn)} {what}: stats[{key!r}] grew by {have}, but there were "
+                 "{want[key]} {meaning}{extra}"))
 
 
 def check_speculative_generate(fn, seed: int = 0) -> None:
@@ -449,31 +450,31 @@ def check_speculative_generate(fn, seed: int = 0) -> None:
         [(got, target_calls, draft_calls, got_stats)] = _results(outputs, problem, job)
         if got != want:
             i = next(k for k in range(11) if got[k] != want[k])
-            why = (" That is the draft's greedy choice: the draft only proposes, the target decides."
+            why = (tr(" That is the draft's greedy choice: the draft only proposes, the target decides.")
                    if got[:i + 1] == draft_greedy[:i + 1] else "")
-            fail(f"{name_of(fn)} at temperature 0 (gamma = {g_greedy}) must give the target's greedy "
-                 f"decoding; new token {i} is {got[i]}, the target's argmax is {want[i]}.{why}")
+            fail(trf("{name_of(fn)} at temperature 0 (gamma = {g_greedy}) must give the target's greedy "
+                 "decoding; new token {i} is {got[i]}, the target's argmax is {want[i]}.{why}"))
         _check_stats(fn, got_stats, stats, counts, target_calls, draft_calls,
-                     f"at temperature 0 (gamma = {g_greedy}, max_new_tokens = 11)")
+                     trf("at temperature 0 (gamma = {g_greedy}, max_new_tokens = 11)"))
         n += 2
 
     for job, g_same in enumerate((2, 4), start=3):
         [(_, target_calls, _, _)] = _results(outputs, problem, job)
         if target_calls > 3:
-            fail(f"{name_of(fn)}: with a draft identical to the target every proposal is accepted, so "
-                 f"each target call yields gamma + 1 = {g_same + 1} tokens (the gamma drafts and the "
-                 f"bonus token); your {3 * (g_same + 1)} new tokens took {target_calls} target calls "
-                 "instead of 3")
+            fail(trf("{name_of(fn)}: with a draft identical to the target every proposal is accepted, so "
+                 "each target call yields gamma + 1 = {g_same + 1} tokens (the gamma drafts and the "
+                 "bonus token); your {3 * (g_same + 1)} new tokens took {target_calls} target calls "
+                 "instead of 3"))
         n += 1
 
     results = _results(outputs, problem, 5)
     for _, target_calls, _, got_stats in results:
         if (got_stats is None or got_stats.get("target_calls") != target_calls
                 or got_stats.get("accepted", 0) + target_calls != m):
-            fail(f"{name_of(fn)} at temperature {temperature} (gamma = {gamma}, max_new_tokens = "
-                 f"{m}) called the target {target_calls} times, and stats says {got_stats}: "
-                 f"stats['target_calls'] counts the target calls, and the accepted drafts plus one "
-                 f"token per call make the {m} new tokens")
+            fail(trf("{name_of(fn)} at temperature {temperature} (gamma = {gamma}, max_new_tokens = "
+                 "{m}) called the target {target_calls} times, and stats says {got_stats}: "
+                 "stats['target_calls'] counts the target calls, and the accepted drafts plus one "
+                 "token per call make the {m} new tokens"))
     counts = torch.zeros(m, V)
     pairs = torch.zeros(V, V)
     for out, _, _, _ in results:
@@ -484,8 +485,8 @@ def check_speculative_generate(fn, seed: int = 0) -> None:
     marginals = [start @ Pw]
     for t in range(1, m):
         marginals.append(marginals[-1] @ Pw)
-    candidates = {"the target at temperature 1 with no top-k/top-p": p_chain,
-                  "the draft's distribution": _warp(q_chain, temperature, top_k, top_p)}
+    candidates = {tr("the target at temperature 1 with no top-k/top-p"): p_chain,
+                  tr("the draft's distribution"): _warp(q_chain, temperature, top_k, top_p)}
     for t in range(m):
         _, p_value = chi_square(counts[t], marginals[t])
         if p_value * (m + 1) < ALPHA:           # Bonferroni over m positions and one joint
@@ -495,25 +496,25 @@ def check_speculative_generate(fn, seed: int = 0) -> None:
                 for _ in range(t + 1):
                     other = other @ probs
                 if chi_square(counts[t], other)[1] > ALPHA:
-                    hint = f" They follow {what} instead."
-            fail(f"{name_of(fn)}: at temperature {temperature} with top_k={top_k}, top_p={top_p}, new "
-                 f"token {t} does not follow the target's distribution (chi-square p-value "
-                 f"{p_value:.1e} over {runs} runs).{hint} Warp both models' logits the same way, and "
-                 "put into the ratio exactly the q each draft token was drawn from")
+                    hint = trf(" They follow {what} instead.")
+            fail(trf("{name_of(fn)}: at temperature {temperature} with top_k={top_k}, top_p={top_p}, new "
+                 "token {t} does not follow the target's distribution (chi-square p-value "
+                 "{p_value:.1e} over {runs} runs).{hint} Warp both models' logits the same way, and "
+                 "put into the ratio exactly the q each draft token was drawn from"))
         n += 1
     _, p_value = chi_square(pairs, marginals[0][:, None] * Pw)
     if p_value * (m + 1) < ALPHA:
-        fail(f"{name_of(fn)}: at temperature {temperature}, each new token may look right alone, but "
-             f"the pairs (new token 0, new token 1) do not follow the target's chain (chi-square "
-             f"p-value {p_value:.1e} over {runs} runs): given the token before it, a token must "
+        fail(trf("{name_of(fn)}: at temperature {temperature}, each new token may look right alone, but "
+             "the pairs (new token 0, new token 1) do not follow the target's chain (chi-square "
+             "p-value {p_value:.1e} over {runs} runs): given the token before it, a token must "
              "follow the target's distribution after that token. Does a decision depend on an "
-             "earlier one, such as one uniform reused for several drafts?")
+             "earlier one, such as one uniform reused for several drafts?"))
     n += 1
 
     (a, *_), (b, *_) = _results(outputs, problem, 6)
     if a != b:
-        fail(f"{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
-             "draw every random number from `generator`")
+        fail(trf("{name_of(fn)} gave {a} and then {b} with generators of the same seed: "
+             "draw every random number from `generator`"))
     passed(fn, n + 1)
 
 
@@ -573,9 +574,9 @@ def wrong_decoders(temperature: float) -> dict:
     """Three speculative decoders that look right and are not, for the chapter's statistical test:
     {name: generate(target, draft, prompt_ids, max_new_tokens, gamma, generator, **warp)}."""
     return {
-        "resample from p after a rejection": _decoder(_resample_from_p),
-        "draft samples without top-k/top-p": _decoder(None, dict(temperature=temperature)),
-        "one uniform for all drafts of a round": _decoder(_one_uniform),
+        tr("resample from p after a rejection"): _decoder(_resample_from_p),
+        tr("draft samples without top-k/top-p"): _decoder(None, dict(temperature=temperature)),
+        tr("one uniform for all drafts of a round"): _decoder(_one_uniform),
     }
 
 
@@ -589,13 +590,13 @@ def check_acceptance_rate(fn, seed: int = 0) -> None:
         q = (3 * torch.rand(shape, generator=g, dtype=torch.float64)).softmax(-1)
         got = call(fn, p.clone(), q.clone())
         want = torch.minimum(p, q).sum(-1)
-        expect_close(got, want, f"{name_of(fn)}(p, q) for p of shape {list(shape)}", atol=1e-9,
-                     hint="alpha = sum over the vocabulary (the last dimension) of min(p(x), q(x))")
+        expect_close(got, want, trf("{name_of(fn)}(p, q) for p of shape {list(shape)}"), atol=1e-9,
+                     hint=tr("alpha = sum over the vocabulary (the last dimension) of min(p(x), q(x))"))
         n += 1
     p = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
     got = call(fn, p, p.clone())
     expect_close(got, torch.tensor(1.0, dtype=torch.float64), f"{name_of(fn)}(p, p)", atol=1e-9,
-                 hint="a draft equal to the target is always accepted")
+                 hint=tr("a draft equal to the target is always accepted"))
     passed(fn, n + 1)
 
 
@@ -611,15 +612,15 @@ def check_expected_tokens(fn, seed: int = 0) -> None:
         except CheckFailed as e:
             if alpha != 1:
                 raise
-            fail(f"{e}. With alpha = 1 every draft is accepted: gamma + 1 tokens per call (the "
-                 "formula's 0/0 has that limit)")
+            fail(trf("{e}. With alpha = 1 every draft is accepted: gamma + 1 tokens per call (the "
+                 "formula's 0/0 has that limit)"))
         want = sum(alpha ** i for i in range(gamma + 1))
         if not isinstance(got, (int, float)) or isinstance(got, bool):
-            fail(f"{name_of(fn)}({alpha}, {gamma}) should return a number (float), got {describe(got)}")
+            fail(trf("{name_of(fn)}({alpha}, {gamma}) should return a number (float), got {describe(got)}"))
         if not math.isfinite(got) or abs(got - want) > 1e-9 * max(1, want):
-            hint = (" With alpha = 1 every draft is accepted: gamma + 1 tokens per call (the formula's "
-                    "0/0 has that limit)" if alpha == 1 else
-                    " A call yields 1 + alpha + ... + alpha^gamma tokens on average: "
-                    "(1 - alpha^(gamma + 1)) / (1 - alpha)")
-            fail(f"{name_of(fn)}(alpha={alpha}, gamma={gamma}) = {got!r}, expected {approx(want, 6)}.{hint}")
+            hint = (tr(" With alpha = 1 every draft is accepted: gamma + 1 tokens per call (the formula's "
+                    "0/0 has that limit)") if alpha == 1 else
+                    tr(" A call yields 1 + alpha + ... + alpha^gamma tokens on average: "
+                    "(1 - alpha^(gamma + 1)) / (1 - alpha)"))
+            fail(trf("{name_of(fn)}(alpha={alpha}, gamma={gamma}) = {got!r}, expected {approx(want, 6)}.{hint}"))
     passed(fn, len(cases))

@@ -20,6 +20,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from ..i18n import tr, trf
 from . import CheckFailed, call, describe, expect_shape, fail, name_of, passed, seeded
 
 # The same pattern as transformer_course.tokens.SPLIT_PATTERN (a simplified GPT-2 pattern):
@@ -138,11 +139,11 @@ def _show(pair, vocab) -> str:
 
 
 def _ordinal(k: int) -> str:
-    return "your first merge" if k == 0 else f"your merge number {k + 1}"
+    return tr("your first merge") if k == 0 else trf("your merge number {k + 1}")
 
 
 def _times(n: int) -> str:
-    return {0: "0 times", 1: "once", 2: "twice"}.get(n, f"{n} times")
+    return {0: tr("0 times"), 1: tr("once"), 2: tr("twice")}.get(n, trf("{n} times"))
 
 
 def _is_int(x) -> bool:
@@ -151,12 +152,12 @@ def _is_int(x) -> bool:
 
 def _expect_merges(merges, what: str) -> None:
     if not isinstance(merges, dict):
-        fail(f"{what} should be a dict {{(a, b): new_id}}, got {type(merges).__name__}")
+        fail(trf("{what} should be a dict {{(a, b): new_id}}, got {type(merges).__name__}"))
     for pair, new_id in merges.items():
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(x) for x in pair)):
-            fail(f"{what} has key {pair!r}: keys should be pairs of token ids, like (116, 104)")
+            fail(trf("{what} has key {pair!r}: keys should be pairs of token ids, like (116, 104)"))
         if not _is_int(new_id):
-            fail(f"{what} maps {pair} to {new_id!r}: values should be the new token ids (int)")
+            fail(trf("{what} maps {pair} to {new_id!r}: values should be the new token ids (int)"))
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -166,39 +167,39 @@ def check_train_bpe(fn, seed: int = 0) -> None:
     n_merges = 25 + 5 * (seed % 3)
     vocab_size = 256 + n_merges
     merges = call(fn, text, vocab_size)
-    what = f"{name_of(fn)}(text, vocab_size={vocab_size})"
+    what = trf("{name_of(fn)}(text, vocab_size={vocab_size})")
     _expect_merges(merges, what)
     if len(merges) != n_merges:
-        fail(f"{what} returned {len(merges)} merges, expected {vocab_size} - 256 = {n_merges}: "
-             "the 256 byte tokens come for free, every merge adds one token")
+        fail(trf("{what} returned {len(merges)} merges, expected {vocab_size} - 256 = {n_merges}: "
+             "the 256 byte tokens come for free, every merge adds one token"))
     ids = list(merges.values())
     if ids != list(range(256, vocab_size)):
         first = ids[0]
-        hint = ("ids 0 to 255 are the bytes, so the first new id is 256" if first < 256
-                else "use 256, 257, ... in the order the merges are learned")
-        fail(f"{what}: the new ids are {ids[:4]}..., expected [256, 257, 258, 259, ...]: {hint}")
+        hint = (tr("ids 0 to 255 are the bytes, so the first new id is 256") if first < 256
+                else tr("use 256, 257, ... in the order the merges are learned"))
+        fail(trf("{what}: the new ids are {ids[:4]}..., expected [256, 257, 258, 259, ...]: {hint}"))
     n_cases = 3
     chunks, whole = _chunks(text), Counter(zip(text.encode("utf-8"), text.encode("utf-8")[1:]))
     vocab = {i: bytes([i]) for i in range(256)}
     for k, (pair, new_id) in enumerate(merges.items()):
         for x in pair:
             if x >= new_id:
-                fail(f"{_ordinal(k)} (new id {new_id}) merges {pair}, but id {x} does not exist yet: "
-                     f"a merge can only join tokens that exist, ids 0 to {new_id - 1}")
+                fail(trf("{_ordinal(k)} (new id {new_id}) merges {pair}, but id {x} does not exist yet: "
+                     "a merge can only join tokens that exist, ids 0 to {new_id - 1}"))
         counts = _pair_counts(chunks)
         best = max(counts, key=counts.get)
         got = counts.get(pair, 0)
         if got < counts[best]:
-            msg = (f"{_ordinal(k)} is {_show(pair, vocab)} which occurs {_times(got)}, "
-                   f"but {_show(best, vocab)} occurs {_times(counts[best])}")
+            msg = (trf("{_ordinal(k)} is {_show(pair, vocab)} which occurs {_times(got)}, "
+                   "but {_show(best, vocab)} occurs {_times(counts[best])}"))
             joined = (vocab.get(pair[0], b"") + vocab.get(pair[1], b"")).decode("utf-8", errors="replace")
             if len(re.findall(SPLIT_PATTERN, joined)) > 1 or (k == 0 and whole[pair] > got):
-                msg += (f". {joined!r} spans two chunks: count pairs only inside the chunks of "
-                        "split_chunks(text), never across two chunks")
+                msg += (trf(". {joined!r} spans two chunks: count pairs only inside the chunks of "
+                        "split_chunks(text), never across two chunks"))
             elif k == 0 and got == min(counts.values()):
-                msg += ": merge the most frequent pair (max, not min)"
+                msg += tr(": merge the most frequent pair (max, not min)")
             else:
-                msg += ": each merge should join a most frequent pair of the text as merged so far"
+                msg += tr(": each merge should join a most frequent pair of the text as merged so far")
             fail(msg)
         vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
         chunks = _merge_chunks(chunks, pair, new_id)
@@ -208,22 +209,22 @@ def check_train_bpe(fn, seed: int = 0) -> None:
     except (ValueError, TypeError):
         n_cases += 1
     except Exception as e:
-        fail(f"{name_of(fn)}(text, vocab_size=200) raised {type(e).__name__}: {e}; expected a ValueError "
-             "saying that vocab_size must be at least 256")
+        fail(trf("{name_of(fn)}(text, vocab_size=200) raised {type(e).__name__}: {e}; expected a ValueError "
+             "saying that vocab_size must be at least 256"))
     else:
-        fail(f"{name_of(fn)}(text, vocab_size=200) returned instead of raising ValueError: "
-             "a vocabulary smaller than the 256 bytes cannot encode every text")
+        fail(trf("{name_of(fn)}(text, vocab_size=200) returned instead of raising ValueError: "
+             "a vocabulary smaller than the 256 bytes cannot encode every text"))
     passed(fn, n_cases)
 
 
 def _expect_ids(ids, vocab_size: int, what: str) -> None:
     if not isinstance(ids, list):
-        fail(f"{what} should return a list of ints, got {type(ids).__name__}")
+        fail(trf("{what} should return a list of ints, got {type(ids).__name__}"))
     for i, x in enumerate(ids):
         if not _is_int(x):
-            fail(f"{what}: element {i} is {x!r} ({type(x).__name__}), expected a Python int")
+            fail(trf("{what}: element {i} is {x!r} ({type(x).__name__}), expected a Python int"))
         if not 0 <= x < vocab_size:
-            fail(f"{what}: element {i} is {x}, outside the vocabulary [0, {vocab_size})")
+            fail(trf("{what}: element {i} is {x}, outside the vocabulary [0, {vocab_size})"))
 
 
 def check_bpe_encode(fn, seed: int = 0) -> None:
@@ -233,35 +234,35 @@ def check_bpe_encode(fn, seed: int = 0) -> None:
     cases = [text[:120]] + _UNSEEN + [text, ""]
     n_cases = 0
     for t in cases:
-        what = f"{name_of(fn)}({describe(t)}, merges)"
+        what = trf("{name_of(fn)}({describe(t)}, merges)")
         got = call(fn, t, merges)
         _expect_ids(got, vocab_size, what)
         want = _encode(t, merges)
         back = _decode(got, merges)
         if back != t:
-            fail(f"{what} gave ids that decode to {describe(back)}, expected {describe(t)}: "
-                 "every byte of the text must end up in exactly one token")
+            fail(trf("{what} gave ids that decode to {describe(back)}, expected {describe(t)}: "
+                 "every byte of the text must end up in exactly one token"))
         if got != want:
             raw = list(t.encode("utf-8"))
-            head = f"{what} gave {len(got)} tokens, expected {len(want)}"
+            head = trf("{what} gave {len(got)} tokens, expected {len(want)}")
             if got == raw:
-                fail(f"{head}: your ids are the raw UTF-8 bytes, so no merges were applied "
-                     "(the round trip works, but there is no compression)")
+                fail(trf("{head}: your ids are the raw UTF-8 bytes, so no merges were applied "
+                     "(the round trip works, but there is no compression)"))
             if got == _encode_chunk(t.encode("utf-8"), merges):
-                fail(f"{head}: you merged the text as one sequence, so merges joined tokens across chunks. "
-                     "Split the text with split_chunks first and merge inside each chunk, as train_bpe did")
+                fail(trf("{head}: you merged the text as one sequence, so merges joined tokens across chunks. "
+                     "Split the text with split_chunks first and merge inside each chunk, as train_bpe did"))
             i = next(j for j, (a, b) in enumerate(zip(got + [None], want + [None])) if a != b)
-            where = (f"; first difference at token {i}: you have "
-                     f"{got[i] if i < len(got) else 'nothing'}"
-                     f"{' = ' + repr(vocab[got[i]]) if i < len(got) else ''}, expected "
-                     f"{want[i] if i < len(want) else 'nothing'}"
-                     f"{' = ' + repr(vocab[want[i]]) if i < len(want) else ''}")
+            where = (trf("; first difference at token {i}: you have "
+                     "{got[i] if i < len(got) else 'nothing'}"
+                     "{' = ' + repr(vocab[got[i]]) if i < len(got) else ''}, expected "
+                     "{want[i] if i < len(want) else 'nothing'}"
+                     "{' = ' + repr(vocab[want[i]]) if i < len(want) else ''}"))
             if len(got) < len(want):
-                hint = (": did you merge across chunks? Split the text with split_chunks first and "
-                        "merge inside each chunk, as train_bpe did")
+                hint = (tr(": did you merge across chunks? Split the text with split_chunks first and "
+                        "merge inside each chunk, as train_bpe did"))
             else:
-                hint = (": apply merges by priority: in each chunk, repeatedly merge the adjacent pair "
-                        "with the lowest new id, until no adjacent pair is in merges")
+                hint = (tr(": apply merges by priority: in each chunk, repeatedly merge the adjacent pair "
+                        "with the lowest new id, until no adjacent pair is in merges"))
             fail(head + where + hint)
         n_cases += 1
     passed(fn, n_cases)
@@ -275,29 +276,29 @@ def check_bpe_decode(fn, seed: int = 0) -> None:
     n_cases = 0
 
     def run(ids, want, shown):
-        what = f"{name_of(fn)}({shown}, merges)"
+        what = trf("{name_of(fn)}({shown}, merges)")
         try:
             got = call(fn, ids, merges)
         except CheckFailed as e:
             if isinstance(e.__cause__, UnicodeDecodeError):
                 if "\ufffd" in want:
-                    fail(f"{what} raised UnicodeDecodeError. A model can generate any ids, including "
+                    fail(trf("{what} raised UnicodeDecodeError. A model can generate any ids, including "
                          "bytes that are not valid UTF-8: decode with errors='replace' so that they "
-                         "become '\ufffd' instead of crashing")
-                fail(f"{what} raised UnicodeDecodeError although the bytes are valid UTF-8: you decoded "
+                         "become '\ufffd' instead of crashing"))
+                fail(trf("{what} raised UnicodeDecodeError although the bytes are valid UTF-8: you decoded "
                      "tokens one at a time, but a character like é spans two bytes. Join the bytes of "
-                     "all tokens first, then decode once")
+                     "all tokens first, then decode once"))
             raise
         if not isinstance(got, str):
-            fail(f"{what} should return a str, got {type(got).__name__}")
+            fail(trf("{what} should return a str, got {type(got).__name__}"))
         if got != want:
-            msg = f"{what} gave {got!r}, expected {want!r}"
+            msg = trf("{what} gave {got!r}, expected {want!r}")
             if "\ufffd" in got and "\ufffd" not in want:
-                msg += (": you decoded tokens one at a time, but a character like é spans two bytes. "
-                        "Join the bytes of all tokens first, then decode once")
+                msg += (tr(": you decoded tokens one at a time, but a character like é spans two bytes. "
+                        "Join the bytes of all tokens first, then decode once"))
             elif got.count("\ufffd") < want.count("\ufffd"):
-                msg += (": bytes that are not valid UTF-8 should become '\ufffd' (errors='replace'), "
-                        "not vanish, so that the reader sees something was there")
+                msg += (tr(": bytes that are not valid UTF-8 should become '\ufffd' (errors='replace'), "
+                        "not vanish, so that the reader sees something was there"))
             fail(msg)
 
     # raw bytes: each byte is its own token, so a multi-byte character spans several tokens
@@ -324,49 +325,49 @@ def check_embed(fn, seed: int = 0) -> None:
     n_cases = 0
     for ids, table in cases:
         vocab, d = table.shape
-        what = f"{name_of(fn)}(ids of shape {list(ids.shape)}, table of shape [{vocab}, {d}])"
+        what = trf("{name_of(fn)}(ids of shape {list(ids.shape)}, table of shape [{vocab}, {d}])")
         try:
             got = call(fn, ids, table)
         except CheckFailed as e:
             if "multiplied" in str(e) or "one_hot" in str(e):
-                raise CheckFailed(f"{e}. If you build one-hot vectors, they need one entry per row of "
-                                  f"the table: F.one_hot(ids, num_classes=table.shape[0]), not the "
-                                  "largest id + 1") from e.__cause__
+                raise CheckFailed(trf("{e}. If you build one-hot vectors, they need one entry per row of "
+                                  "the table: F.one_hot(ids, num_classes=table.shape[0]), not the "
+                                  "largest id + 1")) from e.__cause__
             raise
         want = F.embedding(ids, table)
         if isinstance(got, torch.Tensor) and tuple(got.shape) != tuple(want.shape):
             hint = ""
             if got.dim() >= 1 and got.shape[0] == vocab and want.dim() >= 1 and want.shape[-1] == d:
-                hint = (": its first dimension is the vocabulary size. A token's vector is a row of "
-                        "the table, table[ids], not a column (table[:, ids])")
-            fail(f"{what} has shape {list(got.shape)}, expected {list(want.shape)} = ids.shape + [d]{hint}")
+                hint = (tr(": its first dimension is the vocabulary size. A token's vector is a row of "
+                        "the table, table[ids], not a column (table[:, ids])"))
+            fail(trf("{what} has shape {list(got.shape)}, expected {list(want.shape)} = ids.shape + [d]{hint}"))
         expect_shape(got, want.shape, what)
         if got.dtype != table.dtype:
-            fail(f"{what} has dtype {got.dtype}, expected the table's dtype {table.dtype}")
+            fail(trf("{what} has dtype {got.dtype}, expected the table's dtype {table.dtype}"))
         if not torch.allclose(got, want):
             if want.numel() and torch.allclose(got, want * math.sqrt(d)):
-                fail(f"{what}: your vectors are sqrt(d) = {math.sqrt(d):.3g} times the rows of the table. "
+                fail(trf("{what}: your vectors are sqrt(d) = {math.sqrt(d):.3g} times the rows of the table. "
                      "embed only looks rows up; the Transformer's scaling by sqrt(d_model) belongs to the "
-                     "model, not to the lookup")
-            fail(f"{what} differs from F.embedding(ids, table): row i of the output should be table[ids[i]]")
+                     "model, not to the lookup"))
+            fail(trf("{what} differs from F.embedding(ids, table): row i of the output should be table[ids[i]]"))
         n_cases += 1
     # the gradient reaches exactly the rows that were looked up, summed over repeats
     ids, table = torch.tensor([[1, 3, 1], [0, 1, 2]]), torch.randn(6, 4).requires_grad_()
     weights = torch.arange(24.0).reshape(2, 3, 4)
     out = call(fn, ids, table)
     if not out.requires_grad:
-        fail(f"{name_of(fn)}(ids, table) returned a tensor that is not connected to table in autograd "
-             "(did you use .tolist(), .detach() or torch.tensor(...)?): the embedding could not be trained")
+        fail(trf("{name_of(fn)}(ids, table) returned a tensor that is not connected to table in autograd "
+             "(did you use .tolist(), .detach() or torch.tensor(...)?): the embedding could not be trained"))
     (out * weights).sum().backward()
     want = torch.zeros(6, 4).index_add_(0, ids.flatten(), weights.reshape(-1, 4))
     if table.grad is None or not torch.allclose(table.grad, want):
-        fail(f"the gradient of {name_of(fn)} with respect to the table is wrong: rows that were looked up "
-             "should get the sum of their output gradients, the others zero")
+        fail(trf("the gradient of {name_of(fn)} with respect to the table is wrong: rows that were looked up "
+             "should get the sum of their output gradients, the others zero"))
     n_cases += 1
     # errors: float ids, ids out of range (negative ids would silently wrap around in table[ids])
     table = torch.randn(5, 3)
-    for bad, why in [(torch.tensor([0.0, 1.0]), "float ids"), (torch.tensor([0, 5]), "id 5 with 5 rows"),
-                     (torch.tensor([-1, 2]), "id -1")]:
+    for bad, why in [(torch.tensor([0.0, 1.0]), tr("float ids")), (torch.tensor([0, 5]), tr("id 5 with 5 rows")),
+                     (torch.tensor([-1, 2]), tr("id -1"))]:
         try:
             fn(bad, table)
         except NotImplementedError:
@@ -374,9 +375,9 @@ def check_embed(fn, seed: int = 0) -> None:
         except (ValueError, IndexError, TypeError, RuntimeError):
             n_cases += 1
             continue
-        fail(f"{name_of(fn)}({why}, table of shape [5, 3]) returned instead of raising an error: ids must be "
-             "integers in [0, vocab) and anything else should raise a clear error"
-             + (" (table[-1] silently picks the last row)" if "-1" in why else ""))
+        fail(trf("{name_of(fn)}({why}, table of shape [5, 3]) returned instead of raising an error: ids must be "
+             "integers in [0, vocab) and anything else should raise a clear error")
+             + (tr(" (table[-1] silently picks the last row)") if "-1" in why else ""))
     passed(fn, n_cases)
 
 
@@ -385,7 +386,7 @@ def check_merges_until_single_token(fn, seed: int = 0) -> None:
     merges = _train(text, 60)
     items = list(merges.items())
     vocab = _vocab(merges)
-    words = [" the", "the", " token", " tokens", "th", " zebra", ""]
+    words = [" the", "the", " token", " tokens", "th", " zebra", ""]  # inputs, not words to translate
     n_cases = 0
     for word in words:
         want = None
@@ -394,15 +395,15 @@ def check_merges_until_single_token(fn, seed: int = 0) -> None:
                 want = k
                 break
         got = call(fn, word, merges)
-        what = f"{name_of(fn)}({word!r}, merges)"
+        what = trf("{name_of(fn)}({word!r}, merges)")
         if got != want:
-            msg = f"{what} is {got!r}, expected {want!r}"
+            msg = trf("{what} is {got!r}, expected {want!r}")
             if want is not None and got == want + 255:
-                msg += f": that is the id of the token {vocab[got]!r}; the answer is how many merges it takes"
+                msg += trf(": that is the id of the token {vocab[got]!r}; the answer is how many merges it takes")
             elif want is not None and got == want - 1:
-                msg += ": off by one (merge k has the id 255 + k, so k merges make ids 256 .. 255 + k)"
+                msg += tr(": off by one (merge k has the id 255 + k, so k merges make ids 256 .. 255 + k)")
             elif want is None:
-                msg += f": {word!r} never becomes a single token with these merges"
+                msg += trf(": {word!r} never becomes a single token with these merges")
             fail(msg)
         n_cases += 1
     passed(fn, n_cases)
@@ -418,7 +419,7 @@ def check_embedding_grad(fn, seed: int = 0) -> None:
             grad_out = torch.randn(*ids.shape, d)
             F.embedding(ids, table).backward(grad_out)
             want = table.grad
-            what = f"{name_of(fn)}(ids of shape {list(ids.shape)}, grad_out of shape {list(grad_out.shape)}, {vocab})"
+            what = trf("{name_of(fn)}(ids of shape {list(ids.shape)}, grad_out of shape {list(grad_out.shape)}, {vocab})")
             got = call(fn, ids, grad_out, vocab)
             expect_shape(got, (vocab, d), what)
             if not torch.allclose(got, want, atol=1e-5):
@@ -426,14 +427,14 @@ def check_embedding_grad(fn, seed: int = 0) -> None:
                 unused = counts == 0
                 if (got[unused] != 0).any():
                     r = int(torch.nonzero(unused & (got != 0).any(-1))[0])
-                    fail(f"{what}: row {r} was never looked up, so its gradient must be zero, "
-                         f"yours is {[round(x, 3) for x in got[r].tolist()]}")
+                    fail(trf("{what}: row {r} was never looked up, so its gradient must be zero, "
+                         "yours is {[round(x, 3) for x in got[r].tolist()]}"))
                 repeated = counts > 1
                 if repeated.any():
                     r = int(torch.nonzero(repeated)[0])
-                    fail(f"{what}: id {r} appears {int(counts[r])} times in ids, so row {r} gets the sum of "
-                         f"those {int(counts[r])} output gradients; yours differs (did you assign with "
-                         "grad[ids] = ... instead of accumulating with index_add_?)")
-                fail(f"{what} differs from the gradient autograd computes for F.embedding")
+                    fail(trf("{what}: id {r} appears {int(counts[r])} times in ids, so row {r} gets the sum of "
+                         "those {int(counts[r])} output gradients; yours differs (did you assign with "
+                         "grad[ids] = ... instead of accumulating with index_add_?)"))
+                fail(trf("{what} differs from the gradient autograd computes for F.embedding"))
             n_cases += 1
     passed(fn, n_cases)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..i18n import tr, trf
 from . import (CheckFailed, approx, call, describe, expect_close, expect_tensor, fail, name_of,
                passed, seeded)
 
@@ -137,7 +138,7 @@ DEC_PARTS = {"self_attn": "attention", "cross_attn": "attention", "ffn": "ffn",
 
 def _expect_module(obj, what):
     if not isinstance(obj, nn.Module):
-        fail(f"{what} should be an nn.Module (a class deriving from nn.Module), got {type(obj).__name__}")
+        fail(trf("{what} should be an nn.Module (a class deriving from nn.Module), got {type(obj).__name__}"))
 
 
 def _expect_parts(layer, who, parts, d, f):
@@ -145,33 +146,33 @@ def _expect_parts(layer, who, parts, d, f):
     for name, kind in parts.items():
         part = getattr(layer, name, None)
         if part is None:
-            extra = (" Cross-attention needs a MultiHeadAttention of its own, with its own w_q, w_k, w_v, w_o."
+            extra = (tr(" Cross-attention needs a MultiHeadAttention of its own, with its own w_q, w_k, w_v, w_o.")
                      if name == "cross_attn" else "")
-            fail(f"{who} has no attribute `{name}`: name its parts {names} as in the chapter (the check copies "
-                 f"your weights into PyTorch's layer by these names, and the next chapters load saved "
-                 f"weights by them).{extra}")
+            fail(trf("{who} has no attribute `{name}`: name its parts {names} as in the chapter (the check copies "
+                 "your weights into PyTorch's layer by these names, and the next chapters load saved "
+                 "weights by them).{extra}"))
         if kind == "norm" and not isinstance(part, nn.LayerNorm):
-            fail(f"{who}.{name} should be an nn.LayerNorm(d_model), got {type(part).__name__}")
+            fail(trf("{who}.{name} should be an nn.LayerNorm(d_model), got {type(part).__name__}"))
         need = {"attention": ("w_q", "w_k", "w_v", "w_o"), "ffn": ("w_1", "w_2"), "norm": ()}[kind]
         for w in need:
             if not isinstance(getattr(part, w, None), nn.Linear):
-                made = ("MultiHeadAttention(d_model, n_heads) from chapter 04" if kind == "attention"
-                        else "FeedForward(d_model, d_ff, activation) from chapter 06")
-                fail(f"{who}.{name} has no linear layer `{w}`: make it with {made}")
+                made = (tr("MultiHeadAttention(d_model, n_heads) from chapter 04") if kind == "attention"
+                        else tr("FeedForward(d_model, d_ff, activation) from chapter 06"))
+                fail(trf("{who}.{name} has no linear layer `{w}`: make it with {made}"))
     if "cross_attn" in parts:
         shared = {p.data_ptr() for p in layer.self_attn.parameters()}
         if layer.cross_attn is layer.self_attn or any(p.data_ptr() in shared for p in layer.cross_attn.parameters()):
-            fail(f"{who}: cross_attn shares its weights with self_attn: cross-attention is a second "
-                 f"MultiHeadAttention with its own w_q, w_k, w_v, w_o (its keys and values come from memory, "
-                 f"its queries from the decoder)")
+            fail(trf("{who}: cross_attn shares its weights with self_attn: cross-attention is a second "
+                 "MultiHeadAttention with its own w_q, w_k, w_v, w_o (its keys and values come from memory, "
+                 "its queries from the decoder)"))
     n_attn = 2 if "cross_attn" in parts else 1
     n_norm = 3 if "cross_attn" in parts else 2
     want = n_attn * _attn_params(d) + _ffn_params(d, f) + n_norm * 2 * d
     got = sum(p.numel() for p in layer.parameters())
     if got != want:
-        fail(f"{who}(d_model={d}, d_ff={f}) has {got:,} parameters, expected {want:,}: {n_attn} x attention "
-             f"4(d_model² + d_model) = {_attn_params(d):,}, the FFN 2·d_model·d_ff + d_ff + d_model = "
-             f"{_ffn_params(d, f):,}, and {n_norm} LayerNorms of 2·d_model = {2 * d} each")
+        fail(trf("{who}(d_model={d}, d_ff={f}) has {got:,} parameters, expected {want:,}: {n_attn} x attention "
+             "4(d_model² + d_model) = {_attn_params(d):,}, the FFN 2·d_model·d_ff + d_ff + d_model = "
+             "{_ffn_params(d, f):,}, and {n_norm} LayerNorms of 2·d_model = {2 * d} each"))
 
 
 def _first_match(got, variants, what):
@@ -189,24 +190,24 @@ def _first_match(got, variants, what):
     if len(matched) == 1:
         fail(f"{what}: {matched[0]}")
     if matched:
-        fail(f"{what}: your output matches {len(matched)} different mistakes on this input, "
-             f"one of: " + "; or ".join(matched))
+        fail(trf("{what}: your output matches {len(matched)} different mistakes on this input, "
+             "one of: ") + tr("; or ").join(matched))
 
 
 def _flip(nf):
-    return ("with norm_first=True (Pre-Norm, x + f(LN(x))) your layer computes Post-Norm LN(x + f(x)); "
-            "residual(x, sublayer, norm, dropout, self.norm_first) from chapter 05 does either"
+    return (tr("with norm_first=True (Pre-Norm, x + f(LN(x))) your layer computes Post-Norm LN(x + f(x)); "
+            "residual(x, sublayer, norm, dropout, self.norm_first) from chapter 05 does either")
             if nf else
-            "with norm_first=False (Post-Norm, LN(x + f(x)), the 2017 paper) your layer computes Pre-Norm "
-            "x + f(LN(x)); residual(x, sublayer, norm, dropout, self.norm_first) from chapter 05 does either")
+            tr("with norm_first=False (Post-Norm, LN(x + f(x)), the 2017 paper) your layer computes Pre-Norm "
+            "x + f(LN(x)); residual(x, sublayer, norm, dropout, self.norm_first) from chapter 05 does either"))
 
 
 def _expect_untouched(what, *named) -> None:
     """(name, tensor after the call, copy from before) for each input the layer must not change."""
     for name, arg, kept in named:
         if not torch.equal(arg, kept):
-            fail(f"{what} changed its input {name} in place (an in-place op such as `{name} += ...`); "
-                 f"compute new tensors instead: the caller still needs {name}")
+            fail(trf("{what} changed its input {name} in place (an in-place op such as `{name} += ...`); "
+                 "compute new tensors instead: the caller still needs {name}"))
 
 
 def _stack(x, sublayers, pre, residual=True, p=0.0, drop_at="output"):
@@ -227,9 +228,9 @@ def _stack(x, sublayers, pre, residual=True, p=0.0, drop_at="output"):
     return x
 
 
-DROP_HINT = ("dropout goes on each sublayer's output, before the residual add: Pre-Norm "
+DROP_HINT = (tr("dropout goes on each sublayer's output, before the residual add: Pre-Norm "
              "x + drop(f(LN(x))), Post-Norm LN(x + drop(f(x))), as residual(x, sublayer, norm, "
-             "self.drop, self.norm_first) from chapter 05 does; nn.Dropout is the identity in eval mode")
+             "self.drop, self.norm_first) from chapter 05 does; nn.Dropout is the identity in eval mode"))
 
 
 def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
@@ -238,7 +239,7 @@ def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
     (both draw the same masks in the same order)."""
     n, p, d, h, f, B, T, S = 0, 0.5, 16, 4, 24, 2, 4, 5
     for nf in (True, False):
-        built = f"{who}({d}, {h}, {f}, norm_first={nf}, dropout={p})"
+        built = trf("{who}({d}, {h}, {f}, norm_first={nf}, dropout={p})")
         layer = call(cls, d, h, f, norm_first=nf, dropout=p, activation="relu")
         _expect_module(layer, built)
         _expect_parts(layer, built, DEC_PARTS if decoder else ENC_PARTS, d, f)
@@ -251,8 +252,8 @@ def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
         else:             # self-attention with padding
             args = (x, (torch.arange(T) < torch.tensor([T, 2])[:, None])[:, None, :])
         saved = [a.clone() for a in args[:2 if decoder else 1]]
-        what = f"{built}(x {list(x.shape)}" + (f", memory {list(memory.shape)}, masks)" if decoder
-                                               else ", mask)")
+        what = f"{built}(x {list(x.shape)}" + (trf(", memory {list(memory.shape)}, masks)") if decoder
+                                               else tr(", mask)"))
         ffn = lambda t: ref.linear2(F.relu(ref.linear1(t)))
         if decoder:
             subs = [(lambda t: _torch_mha(ref.self_attn, t, t, args[2]), ref.norm1),
@@ -266,12 +267,12 @@ def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
             a, b = call(layer, *args), call(layer, *args)
         expect_tensor(a, what)
         if not torch.equal(a, b):
-            fail(f"{what} in eval mode gave two different outputs: use nn.Dropout (self.drop), which "
-                 f"turns itself off in eval mode, not F.dropout(training=True)")
+            fail(trf("{what} in eval mode gave two different outputs: use nn.Dropout (self.drop), which "
+                 "turns itself off in eval mode, not F.dropout(training=True)"))
         with torch.no_grad():
             want = _stack(x, subs, nf)
-        expect_close(a, want, f"{what} in eval mode (dropout off)", atol=ATOL, rtol=RTOL,
-                     hint="In eval mode dropout is the identity")
+        expect_close(a, want, trf("{what} in eval mode (dropout off)"), atol=ATOL, rtol=RTOL,
+                     hint=tr("In eval mode dropout is the identity"))
         n += 1
 
         layer.train()
@@ -286,21 +287,21 @@ def _check_layer_dropout(cls, who: str, decoder: bool, seed: int) -> int:
 
         if not torch.allclose(got, seeded_stack(), atol=ATOL, rtol=RTOL):
             _first_match(got, [
-                ("your layer applies dropout to the residual stream itself, "
-                 + ("drop(x + f(LN(x)))" if nf else "drop(LN(x + f(x)))")
-                 + ", so the stream loses entries; " + DROP_HINT, lambda: seeded_stack(drop_at="stream")),
-                ("your layer applies dropout to each sublayer's input, f(drop(...)); " + DROP_HINT,
+                (tr("your layer applies dropout to the residual stream itself, ")
+                 + (tr("drop(x + f(LN(x)))") if nf else tr("drop(LN(x + f(x)))"))
+                 + tr(", so the stream loses entries; ") + DROP_HINT, lambda: seeded_stack(drop_at="stream")),
+                (tr("your layer applies dropout to each sublayer's input, f(drop(...)); ") + DROP_HINT,
                  lambda: seeded_stack(drop_at="input")),
-                ("in train mode your layer gives its eval-mode output: dropout is missing; " + DROP_HINT,
+                (tr("in train mode your layer gives its eval-mode output: dropout is missing; ") + DROP_HINT,
                  lambda: a),
-            ], what + " in train mode")
-            expect_close(got, seeded_stack(), what + " in train mode", atol=ATOL, rtol=RTOL,
-                         hint=DROP_HINT[0].upper() + DROP_HINT[1:] + ". The oracle is PyTorch's "
-                         "sublayers holding your weights, with F.dropout under the same seed")
+            ], what + tr(" in train mode"))
+            expect_close(got, seeded_stack(), what + tr(" in train mode"), atol=ATOL, rtol=RTOL,
+                         hint=DROP_HINT[0].upper() + DROP_HINT[1:] + tr(". The oracle is PyTorch's "
+                         "sublayers holding your weights, with F.dropout under the same seed"))
         with torch.no_grad():
             if torch.equal(call(layer, *args), call(layer, *args)):
-                fail(f"{what} in train mode gave the same output twice: dropout draws new masks "
-                     f"on each call")
+                fail(trf("{what} in train mode gave the same output twice: dropout draws new masks "
+                     "on each call"))
         n += 1
     return n
 
@@ -332,7 +333,7 @@ def check_EncoderLayer(cls, seed: int = 0) -> None:
     ]
     with seeded(seed):
         for d, h, f, nf, act, B, S, lengths in cases:
-            built = f"{who}({d}, {h}, {f}, norm_first={nf}, activation={act!r})"
+            built = trf("{who}({d}, {h}, {f}, norm_first={nf}, activation={act!r})")
             layer = call(cls, d, h, f, norm_first=nf, dropout=0.0, activation=act)
             _expect_module(layer, built)
             _expect_parts(layer, built, ENC_PARTS, d, f)
@@ -341,20 +342,20 @@ def check_EncoderLayer(cls, seed: int = 0) -> None:
             x = torch.randn(B, S, d)
             keep = None if lengths is None else (torch.arange(S) < torch.tensor(lengths)[:, None])
             mask = None if keep is None else keep[:, None, :]                 # [B, 1, S]
-            what = f"{built}(x {list(x.shape)}" + (f", mask {list(mask.shape)})" if mask is not None else ")")
+            what = f"{built}(x {list(x.shape)}" + (trf(", mask {list(mask.shape)})") if mask is not None else ")")
             saved = x.clone()
             got = call(layer, x, mask)
             expect_tensor(got, what)
             _expect_untouched(what, ("x", x, saved))
             if tuple(got.shape) != (B, S, d):
-                fail(f"{what} has shape {list(got.shape)}, expected {[B, S, d]}: an encoder layer keeps the "
-                     f"shape of its input [B, S, d_model]")
+                fail(trf("{what} has shape {list(got.shape)}, expected {[B, S, d]}: an encoder layer keeps the "
+                     "shape of its input [B, S, d_model]"))
             if keep is not None and not keep.all():
                 moved = (call(layer, _change_at(x, ~keep), mask) - got).abs()[keep]
                 if moved.max() > ATOL:
-                    fail(f"{what}: changing the input at padded positions (mask False) changed the output at "
-                         f"real positions by up to {approx(moved.max().item(), 3)}: pass mask to the "
-                         f"self-attention, so that padded keys get zero weight")
+                    fail(trf("{what}: changing the input at padded positions (mask False) changed the output at "
+                         "real positions by up to {approx(moved.max().item(), 3)}: pass mask to the "
+                         "self-attention, so that padded keys get zero weight"))
             with torch.no_grad():
                 want = ref(x, src_key_padding_mask=None if keep is None else ~keep)
             if not torch.allclose(got.detach(), want, atol=ATOL, rtol=RTOL):
@@ -364,16 +365,16 @@ def check_EncoderLayer(cls, seed: int = 0) -> None:
                 n1, n2 = ref.norm1, ref.norm2
                 _first_match(got, [
                     (_flip(nf), lambda: _stack(x, [(attn, n1), (ffn, n2)], not nf)),
-                    ("your layer has no residual connections: each sublayer's output is added to its input, "
-                     "x + f(...)", lambda: _stack(x, [(attn, n1), (ffn, n2)], nf, residual=False)),
-                    ("your layer runs the FFN before self-attention: self-attention comes first, then the FFN",
+                    (tr("your layer has no residual connections: each sublayer's output is added to its input, "
+                     "x + f(...)"), lambda: _stack(x, [(attn, n1), (ffn, n2)], nf, residual=False)),
+                    (tr("your layer runs the FFN before self-attention: self-attention comes first, then the FFN"),
                      lambda: _stack(x, [(ffn, n2), (attn, n1)], nf)),
-                    ("your layer uses norm1 for both sublayers: the FFN has its own LayerNorm, norm2",
+                    (tr("your layer uses norm1 for both sublayers: the FFN has its own LayerNorm, norm2"),
                      lambda: _stack(x, [(attn, n1), (ffn, n1)], nf)),
-                    ("your norms are swapped: norm1 goes with self-attention, norm2 with the FFN",
+                    (tr("your norms are swapped: norm1 goes with self-attention, norm2 with the FFN"),
                      lambda: _stack(x, [(attn, n2), (ffn, n1)], nf)),
                 ], what)
-                expect_close(got, want, f"{what} compared with nn.TransformerEncoderLayer holding your weights",
+                expect_close(got, want, trf("{what} compared with nn.TransformerEncoderLayer holding your weights"),
                              atol=ATOL, rtol=RTOL)
             n += 1
         n += _check_layer_dropout(cls, who, decoder=False, seed=seed)
@@ -395,7 +396,7 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
     ]
     with seeded(seed):
         for d, h, f, nf, act, B, T, S, lengths in cases:
-            built = f"{who}({d}, {h}, {f}, norm_first={nf}, activation={act!r})"
+            built = trf("{who}({d}, {h}, {f}, norm_first={nf}, activation={act!r})")
             layer = call(cls, d, h, f, norm_first=nf, dropout=0.0, activation=act)
             _expect_module(layer, built)
             _expect_parts(layer, built, DEC_PARTS, d, f)
@@ -405,42 +406,42 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
             self_mask = torch.ones(T, T, dtype=torch.bool).tril()
             keep = None if lengths is None else (torch.arange(S) < torch.tensor(lengths)[:, None])
             memory_mask = None if keep is None else keep[:, None, :]
-            what = (f"{built}(x {list(x.shape)}, memory {list(memory.shape)}, causal self_mask"
-                    + (f", memory_mask {list(memory_mask.shape)})" if keep is not None else ")"))
+            what = (trf("{built}(x {list(x.shape)}, memory {list(memory.shape)}, causal self_mask")
+                    + (trf(", memory_mask {list(memory_mask.shape)})") if keep is not None else ")"))
             saved = x.clone(), memory.clone()
             try:
                 got = call(layer, x, memory, self_mask, memory_mask)
             except CheckFailed as e:
                 if S != T and "raised" in str(e):
-                    raise CheckFailed(f"{e}. Here x has T = {T} positions and memory S = {S}: cross-attention "
-                                      f"takes its queries from x (so its output has T positions, like x), its "
-                                      f"keys and values from memory, and its mask is memory_mask [B, 1, S]; the "
-                                      f"self-attention's mask is self_mask [T, T]") from None
+                    raise CheckFailed(trf("{e}. Here x has T = {T} positions and memory S = {S}: cross-attention "
+                                      "takes its queries from x (so its output has T positions, like x), its "
+                                      "keys and values from memory, and its mask is memory_mask [B, 1, S]; the "
+                                      "self-attention's mask is self_mask [T, T]")) from None
                 raise
             expect_tensor(got, what)
             _expect_untouched(what, ("x", x, saved[0]), ("memory", memory, saved[1]))
             if tuple(got.shape) != (B, T, d):
-                fail(f"{what} has shape {list(got.shape)}, expected {[B, T, d]}: the output has one row per "
-                     f"decoder position; cross-attention takes its queries from x, its keys and values from memory")
+                fail(trf("{what} has shape {list(got.shape)}, expected {[B, T, d]}: the output has one row per "
+                     "decoder position; cross-attention takes its queries from x, its keys and values from memory"))
             if T > 1:
                 j = T // 2
                 later = torch.zeros(B, T, dtype=torch.bool)
                 later[:, j:] = True
                 moved = (call(layer, _change_at(x, later), memory, self_mask, memory_mask) - got)[:, :j].abs()
                 if moved.max() > ATOL:
-                    fail(f"{what}: changing x at positions {j}.. changed the output at earlier positions by up to "
-                         f"{approx(moved.max().item(), 3)}: the decoder must be causal, so pass self_mask to the "
-                         f"masked self-attention")
+                    fail(trf("{what}: changing x at positions {j}.. changed the output at earlier positions by up to "
+                         "{approx(moved.max().item(), 3)}: the decoder must be causal, so pass self_mask to the "
+                         "masked self-attention"))
             if keep is not None and not keep.all():
                 moved = (call(layer, x, _change_at(memory, ~keep), self_mask, memory_mask) - got).abs()
                 if moved.max() > ATOL:
-                    fail(f"{what}: changing memory at padded positions (memory_mask False) changed the output by "
-                         f"up to {approx(moved.max().item(), 3)}: pass memory_mask to the cross-attention")
+                    fail(trf("{what}: changing memory at padded positions (memory_mask False) changed the output by "
+                         "up to {approx(moved.max().item(), 3)}: pass memory_mask to the cross-attention"))
             real = torch.ones(B, S, dtype=torch.bool) if keep is None else keep
             moved = (call(layer, x, _change_at(memory, real), self_mask, memory_mask) - got).abs()
             if moved.max() < 1e-6:
-                fail(f"{what}: your output does not depend on memory: cross-attention takes its keys and values "
-                     f"from memory, the encoder's output (projected by cross_attn's own w_k and w_v)")
+                fail(trf("{what}: your output does not depend on memory: cross-attention takes its keys and values "
+                     "from memory, the encoder's output (projected by cross_attn's own w_k and w_v)"))
             with torch.no_grad():
                 want = ref(x, memory, tgt_mask=~self_mask,
                            memory_key_padding_mask=None if keep is None else ~keep)
@@ -454,27 +455,27 @@ def check_DecoderLayer(cls, seed: int = 0) -> None:
                 n1, n2, n3 = ref.norm1, ref.norm2, ref.norm3
                 _first_match(got, [
                     (_flip(nf), lambda: _stack(x, [(sa, n1), (ca, n2), (ffn, n3)], not nf)),
-                    ("your cross-attention takes its queries from memory and its keys and values from x: it is "
-                     "the other way round, queries from the decoder (x), keys and values from memory",
+                    (tr("your cross-attention takes its queries from memory and its keys and values from x: it is "
+                     "the other way round, queries from the decoder (x), keys and values from memory"),
                      lambda: _stack(x, [(sa, n1), (ca_swapped, n2), (ffn, n3)], nf)),
-                    ("your cross-attention uses self_attn's weights: use self.cross_attn, the layer's own "
-                     "attention for memory", lambda: _stack(x, [(sa, n1), (ca_self_w, n2), (ffn, n3)], nf)),
-                    ("your layer has no residual connections: each sublayer's output is added to its input",
+                    (tr("your cross-attention uses self_attn's weights: use self.cross_attn, the layer's own "
+                     "attention for memory"), lambda: _stack(x, [(sa, n1), (ca_self_w, n2), (ffn, n3)], nf)),
+                    (tr("your layer has no residual connections: each sublayer's output is added to its input"),
                      lambda: _stack(x, [(sa, n1), (ca, n2), (ffn, n3)], nf, residual=False)),
-                    ("your layer runs cross-attention before the masked self-attention: the order is masked "
-                     "self-attention, cross-attention, FFN",
+                    (tr("your layer runs cross-attention before the masked self-attention: the order is masked "
+                     "self-attention, cross-attention, FFN"),
                      lambda: _stack(x, [(ca, n2), (sa, n1), (ffn, n3)], nf)),
-                    ("your layer runs cross-attention before the masked self-attention: the order is masked "
-                     "self-attention, cross-attention, FFN (norm1, norm2, norm3 in that order)",
+                    (tr("your layer runs cross-attention before the masked self-attention: the order is masked "
+                     "self-attention, cross-attention, FFN (norm1, norm2, norm3 in that order)"),
                      lambda: _stack(x, [(ca, n1), (sa, n2), (ffn, n3)], nf)),
-                    ("your layer uses norm1 for every sublayer: each has its own LayerNorm (norm1, norm2, norm3)",
+                    (tr("your layer uses norm1 for every sublayer: each has its own LayerNorm (norm1, norm2, norm3)"),
                      lambda: _stack(x, [(sa, n1), (ca, n1), (ffn, n1)], nf)),
-                    ("your norms are mixed up: norm1 goes with self-attention, norm2 with cross-attention, "
-                     "norm3 with the FFN", lambda: _stack(x, [(sa, n1), (ca, n3), (ffn, n2)], nf)),
-                    ("your norms are mixed up: norm1 goes with self-attention, norm2 with cross-attention, "
-                     "norm3 with the FFN", lambda: _stack(x, [(sa, n2), (ca, n1), (ffn, n3)], nf)),
+                    (tr("your norms are mixed up: norm1 goes with self-attention, norm2 with cross-attention, "
+                     "norm3 with the FFN"), lambda: _stack(x, [(sa, n1), (ca, n3), (ffn, n2)], nf)),
+                    (tr("your norms are mixed up: norm1 goes with self-attention, norm2 with cross-attention, "
+                     "norm3 with the FFN"), lambda: _stack(x, [(sa, n2), (ca, n1), (ffn, n3)], nf)),
                 ], what)
-                expect_close(got, want, f"{what} compared with nn.TransformerDecoderLayer holding your weights",
+                expect_close(got, want, trf("{what} compared with nn.TransformerDecoderLayer holding your weights"),
                              atol=ATOL, rtol=RTOL)
             n += 1
         n += _check_layer_dropout(cls, who, decoder=True, seed=seed)
@@ -496,39 +497,39 @@ def check_shift_right(fn, seed: int = 0) -> None:
     ]
     for targets, bos in cases:
         B, T = targets.shape
-        shown = targets.tolist() if targets.numel() <= 10 else f"tensor of shape {[B, T]}"
-        what = f"{who}({shown}, bos_id={bos})"
+        shown = targets.tolist() if targets.numel() <= 10 else trf("tensor of shape {[B, T]}")
+        what = trf("{who}({shown}, bos_id={bos})")
         saved = targets.clone()
         got = call(fn, targets, bos)
         expect_tensor(got, what)
         if not torch.equal(targets, saved):
-            fail(f"{what} changed targets in place; build a new tensor (the loss still needs the targets)")
+            fail(trf("{what} changed targets in place; build a new tensor (the loss still needs the targets)"))
         if tuple(got.shape) == (B, T + 1):
-            fail(f"{what} has shape {list(got.shape)}, expected {[B, T]}: you prepended bos_id but kept the last "
-                 f"target; the decoder input has the same length T as the targets, so drop targets[:, -1]")
+            fail(trf("{what} has shape {list(got.shape)}, expected {[B, T]}: you prepended bos_id but kept the last "
+                 "target; the decoder input has the same length T as the targets, so drop targets[:, -1]"))
         if tuple(got.shape) == (B, T - 1):
-            fail(f"{what} has shape {list(got.shape)}, expected {[B, T]}: the decoder input is bos_id followed by "
-                 f"targets[:, :-1], T tokens in all")
+            fail(trf("{what} has shape {list(got.shape)}, expected {[B, T]}: the decoder input is bos_id followed by "
+                 "targets[:, :-1], T tokens in all"))
         if tuple(got.shape) != (B, T):
-            fail(f"{what} has shape {list(got.shape)}, expected {[B, T]}")
+            fail(trf("{what} has shape {list(got.shape)}, expected {[B, T]}"))
         if got.dtype != targets.dtype:
-            fail(f"{what} has dtype {got.dtype}, expected {targets.dtype}, the dtype of targets (token ids are "
-                 f"integers; torch.full_like(targets[:, :1], bos_id) keeps it)")
+            fail(trf("{what} has dtype {got.dtype}, expected {targets.dtype}, the dtype of targets (token ids are "
+                 "integers; torch.full_like(targets[:, :1], bos_id) keeps it)"))
         got = got.cpu()
         want = torch.cat([torch.full_like(targets[:, :1], bos), targets[:, :-1]], dim=1)
         if torch.equal(got, want):
             continue
         if T > 1 and torch.equal(got, torch.roll(targets, 1, dims=1)):
-            fail(f"{what} gave {got.tolist()}: the first token is the *last* target, wrapped around (torch.roll); "
-                 f"the decoder input starts with bos_id, and the last target is dropped")
+            fail(trf("{what} gave {got.tolist()}: the first token is the *last* target, wrapped around (torch.roll); "
+                 "the decoder input starts with bos_id, and the last target is dropped"))
         if T > 1 and torch.equal(got[:, :-1], targets[:, 1:]):
-            fail(f"{what} gave {got.tolist()}: you shifted left; teacher forcing shifts right, so that position t "
-                 f"sees targets before t: bos_id, then targets[:, :-1]")
+            fail(trf("{what} gave {got.tolist()}: you shifted left; teacher forcing shifts right, so that position t "
+                 "sees targets before t: bos_id, then targets[:, :-1]"))
         if B > 1 and torch.equal(got[1:], targets[:-1]):
-            fail(f"{what} gave {got.tolist()}: you shifted along the batch dimension (dim 0); shift along time, dim 1")
+            fail(trf("{what} gave {got.tolist()}: you shifted along the batch dimension (dim 0); shift along time, dim 1"))
         if torch.equal(got[:, 1:], want[:, 1:]):
-            fail(f"{what} gave {got.tolist()}: the first column should be bos_id = {bos}")
-        fail(f"{what} gave {got.tolist()}, expected {want.tolist()} (bos_id, then targets[:, :-1])")
+            fail(trf("{what} gave {got.tolist()}: the first column should be bos_id = {bos}"))
+        fail(trf("{what} gave {got.tolist()}, expected {want.tolist()} (bos_id, then targets[:, :-1])"))
     passed(fn, len(cases))
 
 
@@ -548,30 +549,30 @@ def _model_params(cfg, decoder_only=False):
 def _expect_stack(model, name, n_layers, what):
     stack = getattr(model, name, None)
     if stack is None:
-        fail(f"{what} has no attribute `{name}`: keep the layers in self.{name}, an nn.ModuleList")
+        fail(trf("{what} has no attribute `{name}`: keep the layers in self.{name}, an nn.ModuleList"))
     if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
-        fail(f"{what}.{name} should be an nn.ModuleList of layers (so that PyTorch sees their parameters), "
-             f"got {type(stack).__name__}")
+        fail(trf("{what}.{name} should be an nn.ModuleList of layers (so that PyTorch sees their parameters), "
+             "got {type(stack).__name__}"))
     if len(stack) != n_layers:
-        fail(f"{what}.{name} has {len(stack)} layer{'s' * (len(stack) != 1)}, expected cfg.n_layers = {n_layers} "
-             f"(the encoder and the decoder each stack n_layers layers)")
+        fail(trf("{what}.{name} has {len(stack)} layer{'s' * (len(stack) != 1)}, expected cfg.n_layers = {n_layers} "
+             "(the encoder and the decoder each stack n_layers layers)"))
     if len({id(layer) for layer in stack}) < len(stack):
-        fail(f"{what}.{name} holds one layer {len(stack)} times ([layer] * n_layers repeats the same module, "
-             f"so the layers share their weights): make a new layer for each position in the stack")
+        fail(trf("{what}.{name} holds one layer {len(stack)} times ([layer] * n_layers repeats the same module, "
+             "so the layers share their weights): make a new layer for each position in the stack"))
 
 
 def _expect_final_norms(model, nf, what):
     for name in ("enc_norm", "dec_norm"):
         norm = getattr(model, name, None)
         if norm is None:
-            fail(f"{what} has no attribute `{name}`: the final norm of each stack (nn.LayerNorm(d_model) for "
-                 f"Pre-Norm, nn.Identity() for Post-Norm)")
+            fail(trf("{what} has no attribute `{name}`: the final norm of each stack (nn.LayerNorm(d_model) for "
+                 "Pre-Norm, nn.Identity() for Post-Norm)"))
         if nf and not isinstance(norm, nn.LayerNorm):
-            fail(f"{what}.{name} is {type(norm).__name__}: with norm_first=True (Pre-Norm) the residual stream is "
-                 f"never normalized inside the stack, so each stack ends with a final nn.LayerNorm(d_model)")
+            fail(trf("{what}.{name} is {type(norm).__name__}: with norm_first=True (Pre-Norm) the residual stream is "
+                 "never normalized inside the stack, so each stack ends with a final nn.LayerNorm(d_model)"))
         if not nf and any(True for _ in norm.parameters()):
-            fail(f"{what}.{name} is {type(norm).__name__} with parameters: with norm_first=False (Post-Norm) every "
-                 f"sublayer already ends with a LayerNorm, and the 2017 model adds no final norm: use nn.Identity()")
+            fail(trf("{what}.{name} is {type(norm).__name__} with parameters: with norm_first=False (Post-Norm) every "
+                 "sublayer already ends with a LayerNorm, and the 2017 model adds no final norm: use nn.Identity()"))
 
 
 def _config(**kw):
@@ -594,12 +595,12 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
         for kw, B, S, T, lengths in cases:
             cfg = _config(**kw)
             nf, V, D, N = cfg.norm_first, cfg.vocab_size, cfg.d_model, cfg.n_layers
-            built = f"{who}(cfg with n_layers={N}, d_model={D}, norm_first={nf})"
+            built = trf("{who}(cfg with n_layers={N}, d_model={D}, norm_first={nf})")
             model = call(cls, cfg)
             _expect_module(model, built)
             for name in ("embed", "lm_head"):
                 if getattr(model, name, None) is None:
-                    fail(f"{built} has no attribute `{name}`: keep the given self.{name} = ... lines")
+                    fail(trf("{built} has no attribute `{name}`: keep the given self.{name} = ... lines"))
             _expect_stack(model, "encoder", N, built)
             _expect_stack(model, "decoder", N, built)
             for i, layer in enumerate(model.encoder):
@@ -610,29 +611,29 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
             want_params = _model_params(cfg)
             got_params = sum(p.numel() for p in model.parameters())
             if got_params != want_params:
-                fail(f"{built} has {got_params:,} parameters, expected {want_params:,} (one embedding table, "
-                     f"n_layers encoder and n_layers decoder layers, final norms for Pre-Norm, lm_head)")
+                fail(trf("{built} has {got_params:,} parameters, expected {want_params:,} (one embedding table, "
+                     "n_layers encoder and n_layers decoder layers, final norms for Pre-Norm, lm_head)"))
             _randomize_norms(model)
             model.train()
             src, tgt = torch.randint(0, V, (B, S)), torch.randint(0, V, (B, T))
             keep = None if lengths is None else (torch.arange(S) < torch.tensor(lengths)[:, None])
-            shown = f"src {[B, S]}, tgt {[B, T]}" + (f", src_mask {[B, S]}" if keep is not None else "")
+            shown = trf("src {[B, S]}, tgt {[B, T]}") + (trf(", src_mask {[B, S]}") if keep is not None else "")
 
             # shapes, and forward = decode(encode)
             memory = call(model.encode, src, keep)
-            what = f"{built}.encode(src {[B, S]}" + (f", src_mask {[B, S]})" if keep is not None else ")")
+            what = trf("{built}.encode(src {[B, S]}") + (trf(", src_mask {[B, S]})") if keep is not None else ")")
             expect_tensor(memory, what)
             if tuple(memory.shape) != (B, S, D):
-                fail(f"{what} has shape {list(memory.shape)}, expected {[B, S, D]}: memory has one vector of "
-                     f"d_model per source position")
+                fail(trf("{what} has shape {list(memory.shape)}, expected {[B, S, D]}: memory has one vector of "
+                     "d_model per source position"))
             logits = call(model.decode, tgt, memory, keep)
-            what = f"{built}.decode(tgt {[B, T]}, memory {[B, S, D]}" + (", src_mask)" if keep is not None else ")")
+            what = trf("{built}.decode(tgt {[B, T]}, memory {[B, S, D]}") + (tr(", src_mask)") if keep is not None else ")")
             expect_tensor(logits, what)
             if tuple(logits.shape) != (B, T, V):
-                fail(f"{what} has shape {list(logits.shape)}, expected {[B, T, V]}: one row of vocab_size logits per "
-                     f"target position")
+                fail(trf("{what} has shape {list(logits.shape)}, expected {[B, T, V]}: one row of vocab_size logits per "
+                     "target position"))
             whole = call(model, src, tgt, keep)
-            expect_close(whole, logits, f"{built}({shown}) compared with decode(tgt, encode(src, src_mask), src_mask)")
+            expect_close(whole, logits, trf("{built}({shown}) compared with decode(tgt, encode(src, src_mask), src_mask)"))
 
             # causality and padding invariance
             if T > 1:
@@ -641,21 +642,21 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
                 later[:, j:] = True
                 moved = (call(model.decode, _change_at(tgt, later, V), memory, keep) - logits)[:, :j].abs()
                 if moved.max() > ATOL:
-                    fail(f"{built}: changing target tokens {j}.. changed the logits at earlier positions by up to "
-                         f"{approx(moved.max().item(), 3)}: the decoder must be causal; pass causal_mask(T) "
-                         f"(on tgt's device) as every decoder layer's self_mask")
+                    fail(trf("{built}: changing target tokens {j}.. changed the logits at earlier positions by up to "
+                         "{approx(moved.max().item(), 3)}: the decoder must be causal; pass causal_mask(T) "
+                         "(on tgt's device) as every decoder layer's self_mask"))
             if keep is not None and not keep.all():
                 src2 = _change_at(src, ~keep, V)
                 moved = (call(model.encode, src2, keep) - memory).abs()[keep]
                 if moved.max() > ATOL:
-                    fail(f"{built}.encode: changing a padded source token (src_mask False) changed memory at real "
-                         f"positions by up to {approx(moved.max().item(), 3)}: the encoder's self-attention must "
-                         f"hide padded keys: pass src_mask[:, None, :] to every encoder layer")
+                    fail(trf("{built}.encode: changing a padded source token (src_mask False) changed memory at real "
+                         "positions by up to {approx(moved.max().item(), 3)}: the encoder's self-attention must "
+                         "hide padded keys: pass src_mask[:, None, :] to every encoder layer"))
                 moved = (call(model.decode, tgt, call(model.encode, src2, keep), keep) - logits).abs()
                 if moved.max() > ATOL:
-                    fail(f"{built}: changing a padded source token (src_mask False) changed the logits by up to "
-                         f"{approx(moved.max().item(), 3)}: the decoder's cross-attention must hide padded "
-                         f"memory positions: pass src_mask[:, None, :] as every decoder layer's memory_mask")
+                    fail(trf("{built}: changing a padded source token (src_mask False) changed the logits by up to "
+                         "{approx(moved.max().item(), 3)}: the decoder's cross-attention must hide padded "
+                         "memory positions: pass src_mask[:, None, :] as every decoder layer's memory_mask"))
 
             # values: nn.Transformer with the same weights
             ref = torch_transformer_from(model)
@@ -667,32 +668,32 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
                 if not torch.allclose(memory.detach(), want_memory, atol=ATOL, rtol=RTOL):
                     bare = torch_transformer_from(model, final_norms=False).encoder
                     _first_match(memory, [
-                        ("your encoder stack is missing its final LayerNorm: with Pre-Norm the residual stream is "
-                         "never normalized inside the stack, so apply enc_norm to the last layer's output",
+                        (tr("your encoder stack is missing its final LayerNorm: with Pre-Norm the residual stream is "
+                         "never normalized inside the stack, so apply enc_norm to the last layer's output"),
                          lambda: bare(src_x, src_key_padding_mask=pad)),
-                        ("your encoder runs only its first layer: pass x through every layer of self.encoder in turn",
+                        (tr("your encoder runs only its first layer: pass x through every layer of self.encoder in turn"),
                          lambda: model.enc_norm(bare.layers[0](src_x, src_key_padding_mask=pad))),
-                        ("your encoder runs only its last layer: pass x through every layer of self.encoder in turn",
+                        (tr("your encoder runs only its last layer: pass x through every layer of self.encoder in turn"),
                          lambda: model.enc_norm(bare.layers[-1](src_x, src_key_padding_mask=pad))),
                     ], f"{built}.encode")
-                    expect_close(memory, want_memory, f"{built}.encode(src, src_mask) compared with nn.Transformer's "
-                                 f"encoder holding your weights", atol=ATOL, rtol=RTOL)
+                    expect_close(memory, want_memory, trf("{built}.encode(src, src_mask) compared with nn.Transformer's "
+                                 "encoder holding your weights"), atol=ATOL, rtol=RTOL)
                 want_logits = model.lm_head(ref.decoder(tgt_x, memory, tgt_mask=causal, memory_key_padding_mask=pad))
                 if not torch.allclose(logits.detach(), want_logits, atol=ATOL, rtol=RTOL):
                     bare = torch_transformer_from(model, final_norms=False).decoder
                     _first_match(logits, [
-                        ("your decoder stack is missing its final LayerNorm: with Pre-Norm apply dec_norm to the last "
-                         "layer's output, before lm_head",
+                        (tr("your decoder stack is missing its final LayerNorm: with Pre-Norm apply dec_norm to the last "
+                         "layer's output, before lm_head"),
                          lambda: model.lm_head(bare(tgt_x, memory, tgt_mask=causal, memory_key_padding_mask=pad))),
-                        ("your decoder runs only its first layer: pass x through every layer of self.decoder in turn",
+                        (tr("your decoder runs only its first layer: pass x through every layer of self.decoder in turn"),
                          lambda: model.lm_head(model.dec_norm(bare.layers[0](
                              tgt_x, memory, tgt_mask=causal, memory_key_padding_mask=pad)))),
                     ], f"{built}.decode")
-                    expect_close(logits, want_logits, f"{built}.decode(tgt, memory, src_mask) compared with "
-                                 f"nn.Transformer's decoder holding your weights, then lm_head", atol=ATOL, rtol=RTOL)
+                    expect_close(logits, want_logits, trf("{built}.decode(tgt, memory, src_mask) compared with "
+                                 "nn.Transformer's decoder holding your weights, then lm_head"), atol=ATOL, rtol=RTOL)
                 want = model.lm_head(ref(src_x, tgt_x, tgt_mask=causal, src_key_padding_mask=pad,
                                          memory_key_padding_mask=pad))
-            expect_close(whole, want, f"{built}({shown}) compared with nn.Transformer holding your weights",
+            expect_close(whole, want, trf("{built}({shown}) compared with nn.Transformer holding your weights"),
                          atol=ATOL, rtol=RTOL)
             n += 1
 
@@ -700,17 +701,17 @@ def check_EncoderDecoder(cls, seed: int = 0) -> None:
         cfg = _config(vocab_size=13, d_model=16, n_heads=4, d_ff=24, n_layers=2, max_len=16, dropout=0.3)
         model = call(cls, cfg)
         src, tgt = torch.randint(0, 13, (2, 5)), torch.randint(0, 13, (2, 4))
-        what = f"{who}(cfg with dropout=0.3)(src [2, 5], tgt [2, 4])"
+        what = trf("{who}(cfg with dropout=0.3)(src [2, 5], tgt [2, 4])")
         with torch.no_grad():
             model.eval()
             if not torch.equal(call(model, src, tgt), call(model, src, tgt)):
-                fail(f"{what} in eval mode gave two different outputs: dropout must switch off in eval "
-                     f"mode. F.dropout(x, p) drops even then (training=True is its default); use the "
-                     f"modules' own nn.Dropout (self.embed and the layers already have one)")
+                fail(trf("{what} in eval mode gave two different outputs: dropout must switch off in eval "
+                     "mode. F.dropout(x, p) drops even then (training=True is its default); use the "
+                     "modules' own nn.Dropout (self.embed and the layers already have one)"))
             model.train()
             if torch.equal(call(model, src, tgt), call(model, src, tgt)):
-                fail(f"{what} in train mode gave the same output twice: the embedding's and the "
-                     f"layers' dropout should be active in training")
+                fail(trf("{what} in train mode gave the same output twice: the embedding's and the "
+                     "layers' dropout should be active in training"))
         n += 1
     passed(cls, n)
 
@@ -726,26 +727,26 @@ def check_prefix_lm_mask(fn, seed: int = 0) -> None:
         got = call(fn, p, n)
         expect_tensor(got, what)
         if tuple(got.shape) != (n, n):
-            fail(f"{what} has shape {list(got.shape)}, expected {[n, n]}")
+            fail(trf("{what} has shape {list(got.shape)}, expected {[n, n]}"))
         if got.dtype != torch.bool:
-            fail(f"{what} has dtype {got.dtype}: dtype should be torch.bool (True = may attend)")
+            fail(trf("{what} has dtype {got.dtype}: dtype should be torch.bool (True = may attend)"))
         got = got.cpu()
         i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
         want = (j <= i) | (j < p)
         if torch.equal(got, want):
             continue
         if n > 1 and torch.equal(got, ~want):
-            fail(f"{what}: your mask is inverted: True means *may attend*")
+            fail(trf("{what}: your mask is inverted: True means *may attend*"))
         extra, missing = got & ~want, want & ~got
         if extra.any():
             a, b = torch.nonzero(extra)[0].tolist()
-            fail(f"{what}: query {a} may see key {b}, a target position after it: only the prefix "
-                 f"(keys 0..{p - 1}) is visible to everyone; the rest stays causal (j <= i)")
+            fail(trf("{what}: query {a} may see key {b}, a target position after it: only the prefix "
+                 "(keys 0..{p - 1}) is visible to everyone; the rest stays causal (j <= i)"))
         a, b = torch.nonzero(missing)[0].tolist()
         if b < p:
-            fail(f"{what}: query {a} cannot see key {b}, which is in the prefix (n_prefix = {p}): every query sees "
-                 f"the whole prefix, keys j < n_prefix, in both directions")
-        fail(f"{what}: query {a} cannot see key {b} (b <= a): beyond the prefix the mask is causal, j <= i")
+            fail(trf("{what}: query {a} cannot see key {b}, which is in the prefix (n_prefix = {p}): every query sees "
+                 "the whole prefix, keys j < n_prefix, in both directions"))
+        fail(trf("{what}: query {a} cannot see key {b} (b <= a): beyond the prefix the mask is causal, j <= i"))
     passed(fn, len(cases))
 
 
@@ -773,12 +774,12 @@ def check_count_parameters(fn, seed: int = 0) -> None:
                   True: ends + sum(p.numel() for p in enc.parameters()) + final}
         for decoder_only in (False, True):
             kind = "DecoderOnly" if decoder_only else "EncoderDecoder"
-            what = (f"{who}(cfg with vocab_size={V}, d_model={d}, d_ff={f}, n_layers={N}, "
-                    f"norm_first={cfg.norm_first}, decoder_only={decoder_only})")
+            what = (trf("{who}(cfg with vocab_size={V}, d_model={d}, d_ff={f}, n_layers={N}, "
+                    "norm_first={cfg.norm_first}, decoder_only={decoder_only})"))
             got = call(fn, cfg, decoder_only=decoder_only)
             if not isinstance(got, int) or isinstance(got, bool):   # the docstring says -> int
-                fail(f"{what} returned {describe(got)}, expected a Python int (as the docstring "
-                     f"says)" + (": call .item() on a one-element tensor"
+                fail(trf("{what} returned {describe(got)}, expected a Python int (as the docstring "
+                     "says)") + (tr(": call .item() on a one-element tensor")
                                  if isinstance(got, torch.Tensor) else ""))
             want = oracle[decoder_only]
             if got == want:
@@ -787,26 +788,26 @@ def check_count_parameters(fn, seed: int = 0) -> None:
             layers = 1 if decoder_only else 2
             named = {
                 want - (layers * N * (4 * d + 2 * d) if not decoder_only else N * 4 * d):
-                    "you left out the biases of the attention projections",
+                    tr("you left out the biases of the attention projections"),
                 want - (N * _attn_params(d) if not decoder_only else -N * (_attn_params(d) + 2 * d)):
-                    ("you left out the decoder's cross-attention (4(d_model² + d_model) per decoder layer)"
+                    (tr("you left out the decoder's cross-attention (4(d_model² + d_model) per decoder layer)")
                      if not decoder_only else
-                     "a decoder-only layer has no cross-attention: it is an encoder layer with a causal mask"),
-                want + V * d: "the source and the target share one embedding table (count it once)",
-                want - V * d - V: "you left out lm_head (d_model x vocab_size weights and vocab_size biases)",
-                want - V: "you left out lm_head's bias",
+                     tr("a decoder-only layer has no cross-attention: it is an encoder layer with a causal mask")),
+                want + V * d: tr("the source and the target share one embedding table (count it once)"),
+                want - V * d - V: tr("you left out lm_head (d_model x vocab_size weights and vocab_size biases)"),
+                want - V: tr("you left out lm_head's bias"),
                 want - (N * (2 if decoder_only else 5) * 2 * d + layers * final):
-                    "you left out the LayerNorms (2·d_model parameters each: weight and bias)",
+                    tr("you left out the LayerNorms (2·d_model parameters each: weight and bias)"),
                 want + (2 * d * layers if not cfg.norm_first else 0):
-                    "with norm_first=False (Post-Norm) there are no final norms",
-                want - layers * final: "with norm_first=True each stack ends with a final LayerNorm (2·d_model)",
+                    tr("with norm_first=False (Post-Norm) there are no final norms"),
+                want - layers * final: tr("with norm_first=True each stack ends with a final LayerNorm (2·d_model)"),
             }
             if not decoder_only and N % 2 == 0:
                 per = (want - ends - 2 * final) // N
-                named.setdefault(ends + (N // 2) * per + 2 * final, "n_layers is per stack: the encoder and the "
-                                 "decoder have n_layers layers each, 2 * n_layers in all")
+                named.setdefault(ends + (N // 2) * per + 2 * final, tr("n_layers is per stack: the encoder and the "
+                                 "decoder have n_layers layers each, 2 * n_layers in all"))
             if got in named and got != want:
-                fail(f"{what} returned {got:,}, expected {want:,}: {named[got]}")
-            fail(f"{what} returned {got:,}, expected {want:,} (count the model of chapter 07: "
-                 f"sum(p.numel() for p in {kind}(cfg).parameters()))")
+                fail(trf("{what} returned {got:,}, expected {want:,}: {named[got]}"))
+            fail(trf("{what} returned {got:,}, expected {want:,} (count the model of chapter 07: "
+                 "sum(p.numel() for p in {kind}(cfg).parameters()))"))
     passed(fn, n)

@@ -53,8 +53,9 @@ import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import ExportPlugin
 
+from ..i18n import SETTING, language, speaking, tr, trf
 from .bridge import BridgeError, Grader, Remote
-from .notebooks import PACKAGE, SOLUTIONS, nbgrader_api
+from .notebooks import LANGS, PACKAGE, SOLUTIONS, nbgrader_api
 from .sandbox import Box, Limits
 from .sandbox import works as sandbox_works
 
@@ -150,6 +151,7 @@ class Result:
     exercises: list[Exercise]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    lang: str = "en"  # the language of its messages
 
     @property
     def score(self) -> float:
@@ -206,7 +208,7 @@ def restore_tests(nb, source, release) -> dict[str, list[str]]:
         if meta is not None and (gid not in src or gid in seen):
             del cell.metadata["nbgrader"]  # a student cannot add graded cells, nor copy them
             if gid in src and is_graded(src[gid]):
-                notes.setdefault(gid, []).append("your notebook had a second copy of this check cell; it was ignored")
+                notes.setdefault(gid, []).append(tr("your notebook had a second copy of this check cell; it was ignored"))
             cells.append(cell)
             continue
         if gid is None:
@@ -217,11 +219,11 @@ def restore_tests(nb, source, release) -> dict[str, list[str]]:
         if is_graded(want):
             if cell.cell_type != "code" or cell.source.strip() not in (rel[gid].source.strip(), want.source.strip()):
                 notes.setdefault(gid, []).append(
-                    "you changed this check cell; it was graded as the course wrote it")
+                    tr("you changed this check cell; it was graded as the course wrote it"))
             if meta.get("points") != want.metadata.nbgrader.get("points"):
                 notes.setdefault(gid, []).append(
-                    f"the points of this check were changed to {meta.get('points')!r}; it is worth "
-                    f"{want.metadata.nbgrader['points']:g}")
+                    trf("the points of this check were changed to {meta.get('points')!r}; it is worth "
+                    "{want.metadata.nbgrader['points']:g}"))
             cell = nbformat.v4.new_code_cell(want.source, metadata=copy.deepcopy(want.metadata))
         else:
             cell.metadata["nbgrader"] = copy.deepcopy(want.metadata.nbgrader)
@@ -237,7 +239,7 @@ def restore_tests(nb, source, release) -> dict[str, list[str]]:
                 break
         cells.insert(at, nbformat.v4.new_code_cell(src[gid].source, metadata=copy.deepcopy(src[gid].metadata)))
         seen.add(gid)
-        notes.setdefault(gid, []).append("this check cell was missing from your notebook; the grader put it back")
+        notes.setdefault(gid, []).append(tr("this check cell was missing from your notebook; the grader put it back"))
     for cell in cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -247,7 +249,7 @@ def restore_tests(nb, source, release) -> dict[str, list[str]]:
 
 def cell_label(nb, i: int) -> str:
     first = next((l.strip() for l in nb.cells[i].source.splitlines() if l.strip()), "")
-    return f"cell {i + 1} ({first[:50] + ('...' if len(first) > 50 else '')})"
+    return trf("cell {i + 1} ({first[:50] + ('...' if len(first) > 50 else '')})")
 
 
 SKIP = "skip-when-grading"  # a cell tag: the chapter's long demos, which no exercise needs
@@ -282,12 +284,12 @@ def run_check(conn, source: str, gid: str) -> tuple[bool, str, str]:
         try:
             ns[name] = obj = conn.request("get", name)
         except KeyError:
-            return False, (f"{name} is not defined in your notebook: did the cell that defines it run "
-                           f"without an error?"), ""
+            return False, (trf("{name} is not defined in your notebook: did the cell that defines it run "
+                           "without an error?")), ""
         module = object.__getattribute__(obj, "_module") if isinstance(obj, Remote) else ""
         if module.startswith(PACKAGE.name + "."):
-            return False, (f"your {name} is the course package's own ({module}.{name}), imported rather than "
-                           f"written in your notebook: it earns no points"), ""
+            return False, (trf("your {name} is the course package's own ({module}.{name}), imported rather than "
+                           "written in your notebook: it earns no points")), ""
     try:
         with contextlib.redirect_stdout(out):
             exec(compile(source, f"<{gid}>", "exec"), ns)
@@ -328,40 +330,40 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
                 j = solutions.get(ex.name)
                 ex.code = nb.cells[j].source if j is not None else ""
                 if stopped:
-                    ex.message = f"not graded: {stopped}"
+                    ex.message = trf("not graded: {stopped}")
                 elif limit < 1:
-                    stopped = f"the notebook used up its {s.notebook_timeout} s"
-                    ex.message = f"not graded: {stopped}"
+                    stopped = trf("the notebook used up its {s.notebook_timeout} s")
+                    ex.message = trf("not graded: {stopped}")
                 else:
                     conn.deadline = time.monotonic() + limit
                     try:
                         ok, ex.message, ex.output = run_check(conn, cell.source, gid)
                         conn.request("cell", imports_of(cell.source))
                     except BridgeError as e:
-                        ok, stopped = False, f"the sandbox running your notebook stopped during this check ({e})"
+                        ok, stopped = False, trf("the sandbox running your notebook stopped during this check ({e})")
                         ex.message = stopped
                     ex.score = ex.points if ok else 0.0
                     if not ok and "\u2713" in ex.output:
-                        ex.notes.append("the check you could see passed; the hidden tests (the same check on other "
-                                        "inputs) found the mistake above")
+                        ex.notes.append(tr("the check you could see passed; the hidden tests (the same check on other "
+                                        "inputs) found the mistake above"))
                 ex.notes += [n for n in pending if n not in ex.notes]
                 pending = []
                 exercises.append(ex)
                 continue
             if limit < 1:
-                stopped = f"the notebook used up its {s.notebook_timeout} s"
-                pending.append(f"{cell_label(nb, i)} and the cells after it were not run: {stopped}")
+                stopped = trf("the notebook used up its {s.notebook_timeout} s")
+                pending.append(trf("{cell_label(nb, i)} and the cells after it were not run: {stopped}"))
                 continue
             conn.deadline = time.monotonic() + limit
             try:
                 err = conn.request("cell", cell.source)
             except BridgeError as e:
-                stopped = f"the sandbox running your notebook stopped in {cell_label(nb, i)} ({e})"
+                stopped = trf("the sandbox running your notebook stopped in {cell_label(nb, i)} ({e})")
                 pending.append(stopped)
                 continue
             if err:
-                what = ("ran past the grader's limit of {:.0f} s and was stopped".format(limit)
-                        if err.get("type") == "TimeLimit" else f"raised {_where(err)}")
+                what = (tr("ran past the grader's limit of {:.0f} s and was stopped").format(limit)
+                        if err.get("type") == "TimeLimit" else trf("raised {_where(err)}"))
                 pending.append(f"{cell_label(nb, i)} {what}")
     finally:
         if box is not None:
@@ -395,8 +397,8 @@ def grade_submission(student: str, chapter: Chapter, path: Path, s: Settings) ->
             nb = read_submission(path)
         except Invalid as e:
             for ex in zeros:
-                ex.message = "not graded: the file is not a valid notebook"
-            return Result(student, chapter.name, zeros, [f"{path.name} is not a valid notebook: {e}"],
+                ex.message = tr("not graded: the file is not a valid notebook")
+            return Result(student, chapter.name, zeros, [trf("{path.name} is not a valid notebook: {e}")],
                           time.monotonic() - t0)
         release = nbformat.read(chapter.release, as_version=4)
         restore_notes = restore_tests(nb, source, release)
@@ -404,9 +406,9 @@ def grade_submission(student: str, chapter: Chapter, path: Path, s: Settings) ->
         return Result(student, chapter.name, exs, general, time.monotonic() - t0)
     except Exception as e:  # a bug of ours: say so, grade the rest
         for ex in zeros:
-            ex.message = "not graded: the grader failed on this notebook"
+            ex.message = tr("not graded: the grader failed on this notebook")
         return Result(student, chapter.name, zeros,
-                      [f"the grader failed on this notebook: {type(e).__name__}: {e}",
+                      [trf("the grader failed on this notebook: {type(e).__name__}: {e}"),
                        traceback.format_exc()], time.monotonic() - t0)
 
 
@@ -424,6 +426,11 @@ UNSAFE = ("WARNING: graded WITHOUT a sandbox (--unsafe-no-sandbox): each submiss
 
 
 def feedback_html(r: Result, unsafe: bool = False) -> str:
+    with speaking(r.lang):  # the submission's language; UNSAFE is for the instructor
+        return _feedback_html(r, unsafe)
+
+
+def _feedback_html(r: Result, unsafe: bool) -> str:
     e = html.escape
     rows = []
     for x in r.exercises:
@@ -433,16 +440,19 @@ def feedback_html(r: Result, unsafe: bool = False) -> str:
                     f"{'<ul>' + notes + '</ul>' if notes else ''}</td></tr>")
     general = "".join(f"<li class=note>{e(n)}</li>" for n in r.notes if "Traceback" not in n)
     code = "".join(f"<h3>{e(x.name)}</h3><pre>{e(x.code)}</pre>"
-                   + (f"<p>The check printed:</p><pre>{e(x.output)}</pre>" if x.output.strip() else "")
+                   + (f"<p>{tr('The check printed:')}</p><pre>{e(x.output)}</pre>" if x.output.strip() else "")
                    for x in r.exercises if x.code)
+    score = trf("{r.score:g} of {r.max_score:g} points.")
+    rule = tr("Each exercise earns its points when its check (and the hidden tests behind it, the same "
+              "check on other inputs) passes.")
+    head = "".join(f"<th>{tr(h)}</th>" for h in (tr("exercise"), tr("points"), tr("result")))
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{e(r.chapter)}: {e(r.student)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{e(r.chapter)}: {e(r.student)}</h1>"
             + (f"<p class=note><b>{e(UNSAFE)}</b></p>" if unsafe else "") +
-            f"<p><b>{r.score:g} of {r.max_score:g} points.</b> Each exercise earns its points when its check "
-            f"(and the hidden tests behind it, the same check on other inputs) passes.</p>"
-            f"<table><tr><th>exercise</th><th>points</th><th>result</th></tr>{''.join(rows)}</table>"
-            + (f"<h2>About the whole notebook</h2><ul>{general}</ul>" if general else "")
-            + (f"<h2>Your code</h2>{code}" if code else "") + "</body></html>\n")
+            f"<p><b>{e(score)}</b> {e(rule)}</p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            + (f"<h2>{tr('About the whole notebook')}</h2><ul>{general}</ul>" if general else "")
+            + (f"<h2>{tr('Your code')}</h2>{code}" if code else "") + "</body></html>\n")
 
 
 def similarity_notes(results: list[Result], chapters: dict[str, Chapter]) -> dict[str, list[str]]:
@@ -501,6 +511,7 @@ def worker(task_file: Path, result_file: Path) -> None:
 
     torch.set_num_threads(max(1, s.threads))  # the checks' oracles are small; the workers share the cores
     r = grade_submission(t["student"], chapter, Path(t["path"]), s)
+    r.lang = language()
     tmp = Path(result_file).with_suffix(".tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(r), default=_to_json))
     tmp.replace(result_file)  # whole or not at all: the grader takes it as soon as it exists
@@ -531,6 +542,17 @@ class Job:
     path: Path
     result: Path | None = None  # where its worker writes the Result
     started: float = 0.0
+    lang: str = "en"  # the language of its feedback (transformer_course.i18n)
+
+
+def submission_language(path: Path) -> str:
+    """The feedback's language: the notebook's own (a Chinese student notebook says zh_CN in its
+    metadata), else English."""
+    try:
+        lang = json.loads(Path(path).read_text())["metadata"]["transformer_course"]["language"]
+    except Exception:
+        return "en"
+    return lang if lang in LANGS.values() else "en"
 
 
 def run_workers(jobs: list[Job], n: int, s: Settings, folder: Path, done) -> None:
@@ -561,19 +583,26 @@ def run_workers(jobs: list[Job], n: int, s: Settings, folder: Path, done) -> Non
         w["job"] = job
         return True
 
-    def start() -> dict:
+    def start(lang: str) -> dict:
+        # a worker speaks one language: the checks translate their messages when imported
+        env = {**os.environ, SETTING: lang}
         with open(folder / f"worker-{next(ids)}.log", "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "transformer_course.tools.grade", "--worker",
                                      str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, text=True)
-        return {"proc": proc, "job": None}
+                                    start_new_session=True, text=True, env=env)
+        return {"proc": proc, "job": None, "lang": lang}
 
+    pending.sort(key=lambda job: job.lang != "en")  # one language after the other: few new workers
     while pending or any(w["job"] is not None for w in pool):
         for w in [w for w in pool if w["job"] is None] + [None] * (n - len(pool)):
             if not pending:
                 break
+            if w is not None and w["lang"] != pending[0].lang:
+                _kill_group(w["proc"].pid)
+                pool.remove(w)
+                w = None
             if w is None:
-                w = start()
+                w = start(pending[0].lang)
                 pool.append(w)
             job = pending.pop(0)
             if not assign(w, job):
@@ -586,17 +615,19 @@ def run_workers(jobs: list[Job], n: int, s: Settings, folder: Path, done) -> Non
             job = w["job"]
             if job.result.exists():
                 w["job"] = None
-                done(job, _read_result(job, "its result could not be read"))
+                done(job, _read_result(job, tr("its result could not be read")))
                 continue
             code = w["proc"].poll()
             if code is None and time.monotonic() - job.started > limit:
                 _kill_group(w["proc"].pid)
                 code = w["proc"].wait()
-                why = f"its grading ran past {limit} s and was stopped"
+                with speaking(job.lang):  # a sentence of the submission's feedback
+                    why = trf("its grading ran past {limit} s and was stopped")
             elif code is None:
                 continue
             else:
-                why = f"the process grading it died ({_signal_name(code)})"
+                with speaking(job.lang):
+                    why = trf("the process grading it died ({_signal_name(code)})")
             _kill_group(w["proc"].pid)  # whatever it left behind
             pool.remove(w)
             done(job, _read_result(job, why) if job.result.exists() else lost(job, why, time.monotonic() - job.started))
@@ -613,7 +644,8 @@ def _read_result(job: Job, why: str) -> Result:
     try:
         return _result(json.loads(job.result.read_text()))
     except (OSError, ValueError, TypeError, KeyError):
-        return lost(job, why, time.monotonic() - job.started)
+        with speaking(job.lang):  # why: a sentence of the grader's, in the submission's language
+            return lost(job, tr(why), time.monotonic() - job.started)
 
 
 def _signal_name(code) -> str:
@@ -635,10 +667,12 @@ def _kill_group(pgid: int) -> None:
 def lost(job: Job, why: str, seconds: float) -> Result:
     """No result came back from the worker: zero for every exercise, and why."""
     source = nbformat.read(job.chapter.source, as_version=4)
-    zeros = [Exercise(exercise_name(gid), gid, float(c.metadata.nbgrader.points),
-                      message="not graded: the grading of this notebook was stopped")
-             for gid, c in nbgrader_cells(source).items() if is_graded(c)]
-    return Result(job.student, job.chapter.name, zeros, [f"{why}; your notebook scores 0"], seconds)
+    with speaking(job.lang):
+        zeros = [Exercise(exercise_name(gid), gid, float(c.metadata.nbgrader.points),
+                          message=tr("not graded: the grading of this notebook was stopped"))
+                 for gid, c in nbgrader_cells(source).items() if is_graded(c)]
+        return Result(job.student, job.chapter.name, zeros, [trf("{why}; your notebook scores 0")], seconds,
+                      lang=job.lang)
 
 
 def chapter_sources(source: Path) -> dict[str, Path]:
@@ -709,7 +743,7 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
             raise SystemExit(f"nbgrader could not prepare {name}:\n{result['log']}")
         chapters[name] = Chapter(name, src / f"{name}.ipynb", root / "release" / name / f"{name}.ipynb")
 
-    tasks = [Job(student, chapters[chapter], nb) for (student, chapter), nb in sorted(found.items())]
+    tasks = [Job(student, chapters[chapter], nb, lang=submission_language(nb)) for (student, chapter), nb in sorted(found.items())]
     jobs = min(jobs, len(tasks))
     s.threads = max(1, (os.cpu_count() or 1) // jobs)  # torch threads per kernel: the cores, shared out
     t0 = time.monotonic()

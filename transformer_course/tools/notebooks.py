@@ -4,8 +4,11 @@
     python -m transformer_course.tools.notebooks check             list drift (what sync would change); exit 1 if any
     python -m transformer_course.tools.notebooks execute NB ...    run solution notebooks in place, storing outputs
     python -m transformer_course.tools.notebooks from-py PY NB     make a solution notebook from a jupytext percent file
-    python -m transformer_course.tools.notebooks book              build the book (reader edition) into _build/html
-    python -m transformer_course.tools.notebooks book --no-solutions   the same, each solution replaced by its stub
+    python -m transformer_course.tools.notebooks book              build the book (reader edition) into _build/html,
+                                                                   the Chinese edition into _build/html/zh
+    python -m transformer_course.tools.notebooks book --lang zh    one edition only (en or zh)
+    python -m transformer_course.tools.notebooks book --no-solutions   each solution replaced by its stub
+    python -m transformer_course.tools.notebooks catalogs          refresh the translation catalogs (locales/)
 
 Conventions in a solution notebook (see CONTRIBUTING.md):
 - a code cell whose first line is ``#| export <module>`` is copied into transformer_course/<module>.py
@@ -31,6 +34,8 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS, CHAPTERS, PACKAGE = ROOT / "solutions", ROOT / "chapters", ROOT / "transformer_course"
+LOCALES = ROOT / "locales"
+LANGS = {"zh": "zh_CN"}  # the editions besides English: --lang value -> gettext language
 NB_VERSION = 4
 
 EXPORT_RE = re.compile(r"^#\|\s*export\s+([A-Za-z_]\w*)\s*$")
@@ -185,10 +190,79 @@ def student_editions(sources: dict[str, str]) -> dict[str, str]:
     return out
 
 
+# --- the other languages: student notebooks from the catalogs ----------------------------------
+
+def messages(page: str, lang: str) -> dict[str, str]:
+    """msgid -> msgstr of a page's catalog (translated, not fuzzy); empty if it has none."""
+    from babel.messages import pofile
+
+    path = LOCALES / LANGS[lang] / "LC_MESSAGES" / f"{page}.po"
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        return {m.id: m.string for m in pofile.read_po(f, charset="utf-8") if m.id and m.string and not m.fuzzy}
+
+
+def interface_words(lang: str) -> dict[str, str]:
+    """The few words the tooling writes into pages (locales/<lang>/glossary.csv, note "interface")."""
+    import csv
+
+    with open(LOCALES / LANGS[lang] / "glossary.csv", encoding="utf-8") as f:
+        return {r["english"]: r["chinese"] for r in csv.DictReader(f) if r["note"] == "interface"}
+
+
+def translate_markdown(source: str, catalog: dict[str, str], words: dict[str, str]) -> str:
+    """A markdown cell with each block (paragraph, heading, list item, table cell, admonition title)
+    replaced by its translation, the markup around it kept; a block without one stays English."""
+    from markdown_it import MarkdownIt
+
+    lines = source.split("\n")
+    tokens = MarkdownIt("commonmark").enable("table").parse(source)
+    blocks = [t for t in tokens if t.type == "inline" and t.map]
+    for t in sorted(blocks, key=lambda t: -t.map[0]):
+        text = " ".join(l.strip() for l in t.content.split("\n")).strip()
+        a, b = t.map
+        if text in catalog and lines[a].find(t.content.split("\n")[0]) >= 0:
+            if "|" in lines[a] and b - a > 1:  # a table row: its cells are blocks of their own
+                continue
+            first = t.content.split("\n")[0]
+            if lines[a].strip().startswith("|"):
+                lines[a] = lines[a].replace(f" {first} ", f" {catalog[text]} ", 1)
+            else:
+                lines[a: b] = [lines[a][: lines[a].find(first)] + catalog[text]]
+    out = "\n".join(lines)
+    out = re.sub(r'(<p class="admonition-title">)([^\n]*?)(</p>)',
+                 lambda m: m[1] + catalog.get(m[2], m[2]) + m[3], out)
+    for en, there in words.items():
+        out = out.replace(f"<summary>{en}</summary>", f"<summary>{there}</summary>")
+    return out
+
+
+def translated_notebook(text: str, stem: str, lang: str) -> str:
+    """A student notebook in another language: markdown from the page's catalog, the language
+    setting at the top of the first code cell after the Colab setup; ids, nbgrader metadata and
+    code otherwise as they are, so grading and the self-check work on it as on the English one."""
+    nb = nbformat.reads(text, as_version=NB_VERSION)
+    catalog, words = messages(f"chapters/{stem}", lang), interface_words(lang)
+    nb.metadata["transformer_course"] = {"language": LANGS[lang]}
+    setting = (f'import os\nos.environ["TRANSFORMER_COURSE_LANG"] = "{LANGS[lang]}"  '
+               f'# {words.get("the checks answer in this language", "")}\n')
+    placed = False
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = translate_markdown(cell.source, catalog, words)
+        elif not placed and "colab-setup" not in cell.metadata.get("tags", []):
+            cell.source, placed = setting + cell.source, True
+    return dumps(nb)
+
+
 # --- the reader edition (the book) -------------------------------------------------------------
 
 MAGIC_LINE = re.compile(r"^%matplotlib\b.*$")
 ANSWER = re.compile(r"[ \t]*<details class=\"answer\">.*?</details>[ \t]*\n?", re.S)
+# A notebook's admonitions are HTML (Jupyter and Colab show them); the book makes each a MyST
+# admonition, which looks the same and whose title the translation catalogs can carry.
+ADMONITION = re.compile(r'<div class="admonition (\w+)">\n<p class="admonition-title">([^\n]*?)</p>\n(.*?)\n</div>', re.S)
 SOLUTION_PROMPTS = {"code_prompt_show": "Show solution", "code_prompt_hide": "Hide solution"}
 
 
@@ -218,6 +292,7 @@ def reader_edition(nb, solutions: bool = True):
         tags = cell.metadata.setdefault("tags", [])
         is_solution = cell.metadata.get("nbgrader", {}).get("solution", False)
         if cell.cell_type == "markdown":
+            cell.source = ADMONITION.sub(r"::::{admonition} \2\n:class: \1\n\3\n::::", cell.source)
             if not solutions:
                 cell.source = "YOUR ANSWER HERE" if is_solution else ANSWER.sub("", cell.source)
         if cell.cell_type != "code":
@@ -259,6 +334,8 @@ def planned(paths) -> dict[Path, str]:
         want[PACKAGE / f"{mod}.py"] = text
     for name, text in student_editions({p.name: want[p] for p in paths}).items():
         want[CHAPTERS / name] = text
+        for lang in LANGS:
+            want[ROOT / lang / "chapters" / name] = translated_notebook(text, Path(name).stem, lang)
     return want
 
 
@@ -266,6 +343,7 @@ def sync(names=()):
     paths = resolve(names)
     for f, text in planned(paths).items():
         if not f.exists() or f.read_text() != text:
+            f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text(text)
             print(f"wrote {f.relative_to(ROOT)}")
 
@@ -277,7 +355,8 @@ def drift() -> list[str]:
     msgs = [f"{f.relative_to(ROOT)} is out of date: run `bash tasks.sh sync`"
             for f, text in want.items() if not f.exists() or f.read_text() != text]
     stems = {p.name for p in paths}
-    msgs += [f"chapters/{f.name} has no source in solutions/" for f in CHAPTERS.glob("*.ipynb") if f.name not in stems]
+    msgs += [f"{f.relative_to(ROOT)} has no source in solutions/" for d in (CHAPTERS, *(ROOT / l / "chapters" for l in LANGS))
+             for f in d.glob("*.ipynb") if f.name not in stems]
     exported = {f.stem for f in want if f.parent == PACKAGE}
     msgs += [f"transformer_course/{m}.py says it is generated from {nb}, which no longer exports it"
              for m, nb in owned_modules().items() if m not in exported]
@@ -328,41 +407,91 @@ def from_py(py: str, out: str):
     print(f"wrote {target}")
 
 
-def stage_book(dest: Path, solutions: bool = True) -> Path:
-    """The book's source tree: config, toc and front matter as they are, chapters as reader editions."""
+def stage_book(dest: Path, solutions: bool = True, lang: str = "en") -> Path:
+    """The book's source tree: config, toc and front matter as they are, chapters as reader editions.
+    In another language the config names it and the launch buttons open that language's student
+    notebooks (<lang>/chapters/<name>.ipynb); the catalogs come along (Sphinx compiles them)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml", "references.bib"):
+    for name in ("_toc.yml", "references.bib"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, dest / name)
+    config = (ROOT / "_config.yml").read_text()
+    if lang != "en":
+        config = config.replace('path_to_book: ""', f'path_to_book: "{lang}"')
+        config = config.replace("  config:\n", f"  config:\n    language: {LANGS[lang]}\n", 1)
+        shutil.copytree(LOCALES / LANGS[lang], dest / "locales" / LANGS[lang],
+                        ignore=shutil.ignore_patterns("*.mo"))
+    (dest / "_config.yml").write_text(config)
     shutil.copytree(ROOT / "book", dest / "book")
     if (dest / "book" / "_static").exists():  # Jupyter Book picks up <source>/_static
         shutil.move(dest / "book" / "_static", dest / "_static")
     (dest / "chapters").mkdir()
+    words = interface_words(lang) if lang != "en" else {}
     for path in solution_notebooks():
         # same relative path as the student edition, so launch buttons open chapters/<name>.ipynb
-        (dest / "chapters" / path.name).write_text(dumps(reader_edition(read(path), solutions)))
+        text = dumps(reader_edition(read(path), solutions))
+        for en, there in words.items():  # the words the tooling adds (Sphinx translates the prose)
+            text = text.replace(f'"{en}"', f'"{there}"').replace(f"<summary>{en}</summary>",
+                                                               f"<summary>{there}</summary>")
+        (dest / "chapters" / path.name).write_text(text)
     return dest
 
 
-def book(root: Path = ROOT, solutions: bool = True) -> Path:
-    """Build the HTML book into root/_build/html (warnings are errors) and return that folder.
+def catalogs():
+    """Refresh the translation catalogs (locales/<lang>/LC_MESSAGES/<page>.po) from the English pages:
+    a new message arrives untranslated, a changed one keeps its old translation marked fuzzy, and
+    the catalog of a page that is gone is deleted. The tests fail until each is translated again."""
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        src = stage_book(Path(tmp) / "src")
+        subprocess.run([str(bin_dir / "jupyter-book"), "build", str(src), "--path-output", tmp, "--builder",
+                        "custom", "--custom-builder", "gettext", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+        pot = Path(tmp) / "_build" / "gettext"
+        pages = {str(p.relative_to(pot).with_suffix("")) for p in pot.rglob("*.pot")}
+        for lang in LANGS.values():
+            subprocess.run([str(bin_dir / "sphinx-intl"), "update", "-p", str(pot), "-l", lang, "-d", str(LOCALES),
+                            "-w", "0", "--no-obsolete", "-j", "1"], check=True)
+            messages = LOCALES / lang / "LC_MESSAGES"
+            for po in messages.rglob("*.po"):
+                if str(po.relative_to(messages).with_suffix("")) not in pages:
+                    po.unlink()
+                    print(f"deleted {po.relative_to(ROOT)} (its page is gone)")
+    from .translations import package_catalogs
+
+    for lang in LANGS:
+        package_catalogs(lang)
+
+
+def book(root: Path = ROOT, solutions: bool = True, lang: str = "en") -> Path:
+    """Build one edition of the HTML book (warnings are errors) and return its folder: English into
+    root/_build/html, another language into root/_build/html/<lang> (the language menu of every page
+    links the two).
 
     solutions=False builds the site for a class whose grades count: every solution is the stub
     and the answers to the questions are left out. Either way the page's Download > .ipynb gives
-    the student edition (chapters/<name>.ipynb), as the launch buttons do.
+    the student edition (chapters/<name>.ipynb, or <lang>/chapters/<name>.ipynb), as the launch
+    buttons do.
     """
-    src = stage_book(root / "_build" / "src", solutions)
-    html = root / "_build" / "html"
-    if html.exists():  # a build with solutions must not leave them in a build without
+    work = root if lang == "en" else root / "_build" / lang  # jupyter-book writes <work>/_build/html
+    src = stage_book(root / "_build" / ("src" if lang == "en" else f"{lang}/src"), solutions, lang)
+    html = root / "_build" / "html" / ("." if lang == "en" else lang)
+    if lang == "en":  # a build with solutions must not leave them in a build without
+        for old in html.iterdir() if html.exists() else ():
+            if old.name not in LANGS:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+    elif html.exists():
         shutil.rmtree(html)
-    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(root),
+    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(work),
                     "--warningiserror", "--keep-going", "--quiet"], check=True)
+    if lang != "en":
+        shutil.move(work / "_build" / "html", html)
+    students = CHAPTERS if lang == "en" else ROOT / lang / "chapters"
     for path in solution_notebooks():
-        shutil.copy(CHAPTERS / path.name, html / "_sources" / "chapters" / path.name)
-    print(f"\nThe book{'' if solutions else ' (no solutions)'} is at {html / 'index.html'}")
-    return html
+        shutil.copy(students / path.name, html / "_sources" / "chapters" / path.name)
+    print(f"\nThe book{'' if solutions else ' (no solutions)'} ({lang}) is at {html.resolve() / 'index.html'}")
+    return html.resolve()
 
 
 def main(argv=None):
@@ -378,8 +507,14 @@ def main(argv=None):
         execute(args)
     elif cmd == "from-py" and len(args) == 2:
         from_py(*args)
-    elif cmd == "book" and set(args) <= {"--no-solutions"}:
-        book(solutions="--no-solutions" not in args)
+    elif cmd == "catalogs" and not args:
+        catalogs()
+    elif cmd == "book" and set(args) - {"--no-solutions"} <= {"--lang", "en", *LANGS} and args.count("--lang") <= 1:
+        langs = ["en", *LANGS]
+        if "--lang" in args:
+            langs = [args[args.index("--lang") + 1]]
+        for lang in langs:
+            book(solutions="--no-solutions" not in args, lang=lang)
     else:
         print(__doc__)
         sys.exit(0 if cmd == "help" else 2)
