@@ -187,3 +187,49 @@ def test_chinese_search_finds_words(html):
     terms = json.loads(text[text.index("(") + 1: text.rindex(")")])["terms"]
     for word in ("注意力", "缓存", "掩码", "词元"):
         assert word in terms, word
+
+
+EVERY_CASE_IN_CHINESE = r"""
+import contextlib, io, json, re, sys
+sys.path.insert(0, "tests")
+from test_checks import EXERCISES, _stub
+from transformer_course.checks import CheckFailed, NotImplementedYet
+cjk = re.compile("[\u4e00-\u9fff]")
+out = []
+for key, ex in EXERCISES.items():
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ex.check(ex.solution)
+    if not cjk.search(printed.getvalue()):
+        out.append(f"{key}: the solution's praise is not Chinese: {printed.getvalue()!r}")
+    try:
+        ex.check(_stub(key[1]))
+        out.append(f"{key}: the stub passed")
+    except NotImplementedYet as e:
+        if not cjk.search(str(e)):
+            out.append(f"{key}: the stub's message is not Chinese")
+    for i, (wrong, _) in enumerate(ex.wrong):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ex.check(wrong)
+            out.append(f"{key}/{i}: a wrong answer passed in Chinese")
+        except NotImplementedYet:
+            out.append(f"{key}/{i}: a wrong answer read as not implemented")
+        except CheckFailed as e:
+            if not cjk.search(str(e)):
+                out.append(f"{key}/{i}: not Chinese: {e}")
+        except Exception as e:
+            out.append(f"{key}/{i}: the check itself crashed in Chinese: {type(e).__name__}: {e}")
+print(json.dumps(out))
+"""
+
+
+def test_every_check_works_in_chinese():
+    """Every exercise of tests/exercises, in Chinese: the solution is praised, the stub and each
+    wrong answer fail with a Chinese message, and no translated message breaks its check."""
+    env = {**os.environ, "TRANSFORMER_COURSE_LANG": "zh_CN"}
+    run = subprocess.run([sys.executable, "-c", EVERY_CASE_IN_CHINESE], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    problems = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not problems, "\n".join(problems[:20])

@@ -284,7 +284,7 @@ def _expect_projections(mod, who: str, D: int, bias: bool) -> None:
                  "(the {role} projection of all heads at once), got {got}"))
         has_bias = getattr(lin, "bias", None) is not None
         if has_bias != bias:
-            has = tr("has a") if has_bias else tr("has no")
+            has = tr("has") if has_bias else tr("has no")
             fail(trf("{who}(d_model={D}, bias={bias}).{name} {has} bias: pass bias=bias to each nn.Linear"))
     if getattr(mod, "n_heads", None) is None:
         fail(trf("your {who} has no attribute n_heads (keep the line that sets self.n_heads)"))

@@ -597,8 +597,9 @@ def run_workers(jobs: list[Job], n: int, s: Settings, folder: Path, done) -> Non
         for w in [w for w in pool if w["job"] is None] + [None] * (n - len(pool)):
             if not pending:
                 break
-            if w is not None and w["lang"] != pending[0].lang:
+            if w is not None and w["lang"] != pending[0].lang:  # idle, and of another language
                 _kill_group(w["proc"].pid)
+                w["proc"].wait()
                 pool.remove(w)
                 w = None
             if w is None:
