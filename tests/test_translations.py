@@ -178,6 +178,8 @@ def test_the_chinese_site_builds_and_links_to_the_english_one(html):
         assert f"/zh/chapters/{nb.name}" in page, "the launch buttons open the Chinese notebook"
     intro = (html / "book" / "intro.html").read_text()
     assert len(CJK.findall(intro)) > 300
+    for caption in re.findall(r"caption: (.+)", (ROOT / "_toc.yml").read_text()):
+        assert f">{caption}<" not in intro, f"the sidebar's part {caption!r} is not translated"
 
 
 def test_chinese_search_finds_words(html):

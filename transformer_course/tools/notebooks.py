@@ -414,9 +414,13 @@ def stage_book(dest: Path, solutions: bool = True, lang: str = "en") -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name in ("_toc.yml", "references.bib"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, dest / name)
+    words = interface_words(lang) if lang != "en" else {}
+    toc = (ROOT / "_toc.yml").read_text()
+    for en, there in words.items():  # the parts' captions (Sphinx's catalogs do not see them)
+        toc = toc.replace(f"caption: {en}\n", f"caption: {there}\n")
+    (dest / "_toc.yml").write_text(toc)
+    if (ROOT / "references.bib").exists():
+        shutil.copy(ROOT / "references.bib", dest / "references.bib")
     config = (ROOT / "_config.yml").read_text()
     if lang != "en":
         config = config.replace('path_to_book: ""', f'path_to_book: "{lang}"')
@@ -428,7 +432,6 @@ def stage_book(dest: Path, solutions: bool = True, lang: str = "en") -> Path:
     if (dest / "book" / "_static").exists():  # Jupyter Book picks up <source>/_static
         shutil.move(dest / "book" / "_static", dest / "_static")
     (dest / "chapters").mkdir()
-    words = interface_words(lang) if lang != "en" else {}
     for path in solution_notebooks():
         # same relative path as the student edition, so launch buttons open chapters/<name>.ipynb
         text = dumps(reader_edition(read(path), solutions))
