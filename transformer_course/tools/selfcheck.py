@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from ..checks import CheckFailed, NotImplementedYet
+from ..i18n import language, speaking, tr, trf
 
 MARK = {"pass": "\u2713", "fail": "\u2717", "todo": "\u00b7", "missing": "?"}
 
@@ -100,19 +101,19 @@ def run(name: str, check, fn) -> tuple[str, str]:
     if not is_mine(fn):
         home = getattr(fn, "__module__", "")
         if callable(fn) and home.startswith("transformer_course"):
-            return "missing", (f"{name} is the course's own here: a later cell imported it from {home} "
-                               "over yours; run your cell again, then the self-check")
-        return "missing", f"{name} is not defined: run its cell first"
+            return "missing", (trf("{name} is the course's own here: a later cell imported it from {home} "
+                               "over yours; run your cell again, then the self-check"))
+        return "missing", trf("{name} is not defined: run its cell first")
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
             check(fn)
     except NotImplementedYet:
-        return "todo", "not implemented yet"
+        return "todo", tr("not implemented yet")
     except CheckFailed as e:
         return "fail", str(e)
     except Exception as e:  # a bug in the check itself should not hide the others
-        return "fail", f"the check raised {type(e).__name__}: {e}"
+        return "fail", trf("the check raised {type(e).__name__}: {e}")
     said = printed.getvalue().strip().splitlines()  # "✓ name passed N checks"
     return "pass", said[-1].lstrip("\u2713 ").removeprefix(name).strip() if said else "passed"
 
@@ -132,17 +133,17 @@ def selfcheck(namespace: dict | None = None, names: list[str] | None = None) -> 
     ns = namespace if namespace is not None else sys._getframe(1).f_globals  # the notebook's globals
     found = exercises(ns, names)
     if not found:
-        print("No exercises found: run the chapter's cells first (the self-check looks for the functions "
-              "your notebook defines).")
+        print(tr("No exercises found: run the chapter's cells first (the self-check looks for the functions "
+              "your notebook defines)."))
         return Results()
     results = {name: run(name, check, fn) for name, check, fn in found}
     width = max(map(len, results))
     n_pass = sum(status == "pass" for status, _ in results.values())
-    print(f"Self-check: {n_pass} of {len(results)} exercises pass")
+    print(trf("Self-check: {n_pass} of {len(results)} exercises pass"))
     for name, (status, message) in results.items():
         print(f"  {MARK[status]} {name:<{width}}  {message}")
     if n_pass < len(results):
-        print("Start with the first one that does not pass: fix its cell, then run its check again.")
+        print(tr("Start with the first one that does not pass: fix its cell, then run its check again."))
     return Results({name: status for name, (status, _) in results.items()})
 
 
@@ -154,8 +155,8 @@ def where(cells, i: int) -> str:
     first = first if len(first) <= 60 else first[:57] + "..."
     heading = next((line.lstrip("#").strip() for c in reversed(cells[:i]) if c.cell_type == "markdown"
                     for line in reversed(c.source.splitlines()) if line.startswith("#")), None)
-    return (f'the cell under "{heading}" that begins `{first}`' if heading
-            else f"the cell that begins `{first}`")
+    return (trf('the cell under "{heading}" that begins `{first}`') if heading
+            else trf("the cell that begins `{first}`"))
 
 
 def solution_names(nb) -> list[tuple[int, str]]:
@@ -167,13 +168,7 @@ def solution_names(nb) -> list[tuple[int, str]]:
 
 def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
     """Run a notebook top to bottom in a fresh kernel, then the self-check in it."""
-    import logging
-    import time
-
     import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
-    from tqdm import tqdm
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("notebook", type=Path)
@@ -182,6 +177,20 @@ def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
     args = p.parse_args(argv)
 
     nb = nbformat.read(args.notebook, as_version=4)
+    lang = nb.metadata.get("transformer_course", {}).get("language", language())
+    with speaking(lang if isinstance(lang, str) else "en"):  # a Chinese notebook gets its summary in Chinese
+        return _run_notebook(nb, args, prog)
+
+
+def _run_notebook(nb, args, prog) -> int:
+    import logging
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+    from tqdm import tqdm
+
     # Keep each answer as its cell made it: a later cell may import the course's function of the
     # same name over it. A kept cell follows each solution cell (from the last, so indices hold).
     solutions = solution_names(nb)
@@ -223,8 +232,8 @@ def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
     except DeadKernelError:
         bar.close()
         at = max(started, default=0)
-        print(f"The kernel died while running {where(nb.cells, at)} (out of memory?): no self-check. "
-              "Fix or skip that cell, then run the check again.")
+        print(trf("The kernel died while running {where(nb.cells, at)} (out of memory?): no self-check. "
+                  "Fix or skip that cell, then run the check again."))
         return 2
     bar.close()
 
@@ -236,18 +245,23 @@ def main(argv=None, prog="python -m transformer_course.tools.selfcheck") -> int:
               for o in c.outputs if o.output_type == "error"
               and o.ename not in ("CheckFailed", "NotImplementedYet", "NotImplementedError")]
     if errors:
-        print(f"{len(errors)} other cell{'s' * (len(errors) > 1)} raised an error, the first:")
+        n = len(errors)
+        print(tr("1 other cell raised an error, the first:") if n == 1
+              else trf("{n} other cells raised an error, the first:"))
         i, o = errors[0]
         print(f"  {where(nb.cells, i)}")
         print(f"  {o.ename}: {o.evalue.splitlines()[0] if o.evalue else ''}")
     if slow:
-        print(f"{len(slow)} cell{'s' * (len(slow) > 1)} ran longer than --timeout {args.timeout} s and "
-              f"{'were' if len(slow) > 1 else 'was'} stopped, the first: {where(nb.cells, slow[0])}.")
-        print(f"What needs {'them' if len(slow) > 1 else 'it'} may have failed above. On a slow or busy "
-              f"machine, give cells longer: {prog} {args.notebook} --timeout {4 * args.timeout}")
+        n, first, longer = len(slow), where(nb.cells, slow[0]), 4 * args.timeout
+        print(trf("1 cell ran longer than --timeout {args.timeout} s and was stopped, the first: {first}.") if n == 1
+              else trf("{n} cells ran longer than --timeout {args.timeout} s and were stopped, the first: {first}."))
+        print(trf("What needs it may have failed above. On a slow or busy machine, give cells longer: "
+                  "{prog} {args.notebook} --timeout {longer}") if n == 1
+              else trf("What needs them may have failed above. On a slow or busy machine, give cells longer: "
+                       "{prog} {args.notebook} --timeout {longer}"))
     err = next((o for o in nb.cells[-1].outputs if o.output_type == "error"), None)
     if err is not None:
-        print(f"The self-check itself failed: {err.ename}: {err.evalue}")
+        print(trf("The self-check itself failed: {err.ename}: {err.evalue}"))
         return 2
     results = json.loads(status or "{}")
     return 0 if results and all(v == "pass" for v in results.values()) else 1
