@@ -41,7 +41,7 @@ def test_chapter_pages_are_the_reader_edition(html):
 
 
 def pinned_ref() -> str:
-    """The ref the Colab setup cells install (`...@v0.2.0`), the same in every chapter."""
+    """The ref the Colab setup cells install (`...@v0.3.0`), the same in every chapter."""
     refs = set()
     for path in solution_notebooks():
         setup = [c.source for c in read(path).cells if "colab-setup" in c.metadata.get("tags", [])]
