@@ -41,6 +41,8 @@ class _Msg:
     ("{what} has shape {list(got.shape)}", "{what} 的形状是 {got.shape}", False, "placeholders"),
     ("a\nb", "甲乙", False, "line breaks"),
     ("{n} rows", "{n} " + "行" * 50, False, "columns wide"),
+    ("E = \\frac{1}{N} \\text{tokens}", "E = \\frac{1}{N} \\text{词元}", False, "display-math"),
+    ("The source notes say so.", "源笔记这么说。", False, "glossary"),
 ])
 def test_the_checker_catches_each_kind_of_mistake(msgid, msgstr, fuzzy, says):
     problems = tr_tool.message_problems(_Msg(msgid, msgstr, fuzzy), tr_tool.glossary("zh"))

@@ -225,8 +225,8 @@ def message_problems(m, terms: list[dict]) -> list[str]:
         if width(zh) > max(CODE_COLUMN, width(en)) and ("\n" in m.id or "{" in m.id):
             out.append(f"a line is {width(zh)} columns wide: more than the code column ({CODE_COLUMN}) and "
                        "than the English")
-    if "$" not in m.id and re.search(r"\\[a-zA-Z]+", m.id):  # a display-math block: no prose to check
-        return out
+    if "$" not in m.id and re.search(r"\\[a-zA-Z]+", prose(m.id)):  # a display-math block: copied as it is
+        return out + ([] if m.string == m.id else ["a display-math block is copied exactly (\\text{} too)"])
     return out + glossary_problems(m.id, m.string, terms)
 
 
