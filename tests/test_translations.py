@@ -174,6 +174,7 @@ def test_the_chinese_site_builds_and_links_to_the_english_one(html):
         assert 'lang="zh-CN"' in page
         assert f'href="../../chapters/{nb.stem}.html"' in page, "the language menu leads to the same page"
         assert f'href="../../zh/chapters/{nb.stem}.html"' in page
+        assert 'target="_blank"\n   class="btn btn-sm btn-language' not in page, "the other edition opens in place"
         assert "<summary>Answer</summary>" not in page and "Show solution" not in page
         served = (html / "_sources" / "chapters" / nb.name).read_text()
         assert served == (ROOT / "zh" / "chapters" / nb.name).read_text(), "Download gives the Chinese notebook"

@@ -7,6 +7,9 @@ is zh/chapters/03_attention.html in Chinese.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 EDITIONS = {"en": ("", "English"), "zh_CN": ("zh/", "中文")}
 
 
@@ -20,6 +23,19 @@ def add_switch(app, pagename, templatename, context, doctree):
          "buttons": links, "label": "language-switch"})
 
 
+NEW_TAB = re.compile(r'(<a href="[^"]*") target="_blank"(\s+class="btn btn-sm btn-language-)')
+
+
+def same_tab(app, exception):
+    """The theme opens header links in a new tab; the other edition of a page replaces this one."""
+    if exception is None and app.builder.format == "html":
+        for page in Path(app.outdir).rglob("*.html"):
+            text = page.read_text()
+            if "btn-language-" in text:
+                page.write_text(NEW_TAB.sub(r"\1\2", text))
+
+
 def setup(app):
     app.connect("html-page-context", add_switch, priority=502)  # after the theme's own buttons
+    app.connect("build-finished", same_tab)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
