@@ -238,3 +238,15 @@ def test_every_check_works_in_chinese():
     assert run.returncode == 0, run.stderr[-3000:]
     problems = json.loads(run.stdout.strip().splitlines()[-1])
     assert not problems, "\n".join(problems[:20])
+
+
+def test_the_compiled_catalog_ships_in_the_wheel(tmp_path):
+    """A pip install (Colab's) gets the Chinese messages: the .mo is package data in the wheel."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    wheel = next(tmp_path.glob("transformer_course-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "transformer_course/locales/zh_CN/LC_MESSAGES/transformer_course.mo" in names
+    assert "transformer_course/i18n.py" in names
