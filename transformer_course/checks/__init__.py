@@ -168,7 +168,7 @@ def expect_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float =
     if torch.isnan(got_f).any() and not torch.isnan(want_f).any():
         where = tuple(torch.nonzero(torch.isnan(got_f))[0].tolist())
         fail(trf("{what} contains NaN (first at index {list(where)}), expected finite values")
-             + (f". {hint}" if hint else ""))
+             + (trf(". {hint}") if hint else ""))
     err = (got_f - want_f).abs().nan_to_num(0.0)
     bad = err > atol + rtol * want_f.abs().nan_to_num(0.0)
     if bad.any():
@@ -177,13 +177,13 @@ def expect_close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float =
             trf("{what} differs from the expected values: at index {list(idx)} you have "
             "{got_f[idx].item():.6g}, expected {want_f[idx].item():.6g} "
             "(largest difference {err.max().item():.3g}, in {int(bad.sum())} of {bad.numel()} entries)")
-            + (f". {hint}" if hint else "")
+            + (trf(". {hint}") if hint else "")
         )
 
 
 def expect_equal(got: Any, want: Any, what: str, hint: str = "") -> None:
     if got != want:
-        fail(trf("{what} is {got!r}, expected {want!r}") + (f". {hint}" if hint else ""))
+        fail(trf("{what} is {got!r}, expected {want!r}") + (trf(". {hint}") if hint else ""))
 
 
 @contextmanager

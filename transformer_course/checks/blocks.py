@@ -50,7 +50,7 @@ def _expect_like(got, x: torch.Tensor, what: str, hint: str = "") -> torch.Tenso
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(x.shape):
         fail(trf("{what} has shape {_shape(got)}, expected {_shape(x)}: a norm keeps the shape of its input")
-             + (f". {hint}" if hint else ""))
+             + (trf(". {hint}") if hint else ""))
     if got.dtype != x.dtype:
         fail(trf("{what} has dtype {got.dtype}, expected {x.dtype}, the dtype of x"))
     return got
@@ -76,12 +76,12 @@ def _diagnose(got, want, candidates, what: str, hint: str, atol=1e-5, rtol=1e-4)
         bad = tuple(torch.nonzero(~torch.isfinite(g))[0].tolist())
         for message, candidate in candidates.items():
             if candidate is not None and _close(got, candidate, atol, rtol):
-                fail(f"{what}: {message}")
+                fail(trf("{what}: {message}"))
         fail(trf("{what} contains {g[bad].item()} at index {list(bad)}, expected finite values. {hint}"))
     matched = [m for m, c in candidates.items()
                if c is not None and not _close(want, c, atol, rtol) and _close(got, c, atol, rtol)]
     if len(matched) == 1:
-        fail(f"{what}: {matched[0]}")
+        fail(trf("{what}: {matched[0]}"))
     if matched:   # these mistakes coincide on this input: name none rather than the wrong one
         fail(trf("{what}: your output matches {len(matched)} different mistakes on this input, one of: ")
              + tr("; or ").join(matched))

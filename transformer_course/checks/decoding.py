@@ -109,7 +109,7 @@ def _greedy_oracle(model, prompt, n, eos_id=None, mode="ok"):
 def _expect_ids(got, shape, what, hint=""):
     expect_tensor(got, what)
     if tuple(got.shape) != tuple(shape):
-        fail(trf("{what} has shape {list(got.shape)}, expected {list(shape)}") + (f". {hint}" if hint else ""))
+        fail(trf("{what} has shape {list(got.shape)}, expected {list(shape)}") + (trf(". {hint}") if hint else ""))
     if got.is_floating_point() or got.dtype == torch.bool:
         fail(trf("{what} has dtype {got.dtype}, expected token ids (torch.int64, as argmax gives)"))
 
@@ -187,7 +187,7 @@ def _compare_greedy(got, model, prompt, steps, eos_id, what):
         if torch.equal(got[b], _greedy_oracle(model, prompt[b:b + 1], steps, eos_id, mode=mode)[0]):
             named.append(words)
     if len(named) == 1:
-        fail(f"{what}: {where}: {named[0]}")
+        fail(trf("{what}: {where}: {named[0]}"))
     if named:
         fail(trf("{what}: {where}. Each of these mistakes gives exactly your row {b}: ")
              + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
@@ -646,7 +646,7 @@ def check_min_p_filter(fn, seed: int = 0) -> None:
             named.append(tr("you compared logits with min_p * (the largest logit); compare probabilities "
                          "(softmax), or equivalently logits >= max logit + log(min_p)"))
         if len(named) == 1:
-            fail(f"{head}: {named[0]}")
+            fail(trf("{head}: {named[0]}"))
         if named:
             fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}. Each of these mistakes gives "
                  "exactly that: ") + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))

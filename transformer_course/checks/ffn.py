@@ -377,7 +377,7 @@ def check_SwiGLU(cls, seed: int = 0) -> None:
                                  "with nothing after it"),
                 }
                 if found is not None:
-                    fail(f"{what}: {msgs[found]}. {SWIGLU_HINT}")
+                    fail(trf("{what}: {msgs[found]}. {SWIGLU_HINT}"))
                 expect_close(got, want.float(), what, hint=SWIGLU_HINT)
             n += 1
 

@@ -277,7 +277,7 @@ def check_flash_attention_backward(fn, seed: int = 0) -> None:
         if not isinstance(out, (tuple, list)) or len(out) != 3:
             fail(trf("{head} returned {type(out).__name__}, expected a triple (dq, dk, dv)"))
         for name, got, like in zip(("dq", "dk", "dv"), out, (q, k, v)):
-            expect_tensor(got, f"{head}: {name}")
+            expect_tensor(got, trf("{head}: {name}"))
             if tuple(got.shape) != tuple(like.shape):
                 fail(trf("{head}: {name} has shape {list(got.shape)}, expected {list(like.shape)}"))
         want = reference_grads(q, k, v, do, causal)
@@ -311,7 +311,7 @@ def check_flash_attention_backward(fn, seed: int = 0) -> None:
                      "S = QK^T / sqrt(d), so d{nm[1].upper()} = dS {'K' if nm == 'dq' else 'Q'}"
                      " times the scale 1/sqrt(d)"))
         if "dv" not in wrong:
-            fail(_where(out[names.index(wrong[0])], w[wrong[0]], f"{head}: {wrong[0]}", atol,
+            fail(_where(out[names.index(wrong[0])], w[wrong[0]], trf("{head}: {wrong[0]}"), atol,
                         1e-3) + tr(". dv = P^T dO is right, so P is; the mistake is in "
                  "dS = P ∘ (dP - D) with dP = dO V^T and D = rowsum(dO ∘ O) (not rowsum(dO))"))
         fail(_where(out[2], w["dv"], trf("{head}: dv"), atol, 1e-3) + tr(". dv = P^T dO is wrong, "

@@ -101,7 +101,7 @@ def check_memory_retrieve(fn, seed: int = 0) -> None:
         if not _close(out, retrieve_ref(q, M, z), _tol(dtype)):
             for bug, msg in RETRIEVE_BUGS.items():
                 if _close(out, retrieve_ref(q, M, z, bug), 1e-9 if bug == "eps" else 1e-4):
-                    fail(f"{head}: {msg}")
+                    fail(trf("{head}: {msg}"))
             err = (out.detach().double().cpu() - retrieve_ref(q, M, z)).abs().max().item()
             fail(trf("{head} differs from sigma(q) M / (sigma(q) z) by up to {err:.3g}"))
         n_cases += 1
@@ -197,7 +197,7 @@ def check_memory_update(fn, seed: int = 0) -> None:
                     bm, bz = update_ref(k, v, M, z, delta, bug)
                     if _close(M2, bm, 1e-4) and _close(z2, bz, 1e-4) and not (
                             _close(M2, want_m, 1e-4) and _close(z2, want_z, 1e-4)):
-                        fail(f"{head}: {msg}")
+                        fail(trf("{head}: {msg}"))
                 if delta and _close(M2, update_ref(k, v, M, z, False)[0], 1e-4):
                     fail(trf("{head}: your M is the linear update: with delta=True subtract "
                          "what the memory already returns for these keys"))
@@ -330,7 +330,7 @@ def check_InfiniAttention(cls, seed: int = 0) -> None:
         if not _close(out, want, 1e-9):
             for bug, msg in LAYER_BUGS.items():
                 if _close(out, infini_ref(x, *w, n_heads, segment, bug), 1e-8):
-                    fail(f"{head}: {msg}")
+                    fail(trf("{head}: {msg}"))
             if _close(out, infini_ref(x, *w, n_heads, n), 1e-8):
                 fail(trf("{head}: your output is one segment of plain causal attention: cut x "
                      "into segments of {segment} positions"))

@@ -168,7 +168,7 @@ def _expect_update(got, want_k, want_v, new_k, new_v, oracle, layer, what, conte
         fail(trf("{what} returned {describe(got)}, expected a pair (k_all, v_all)"))
     for name, t, want, new, other in (("k_all", got[0], want_k, new_k, want_v),
                                       ("v_all", got[1], want_v, new_v, want_k)):
-        expect_tensor(t, f"{what}: {name}")
+        expect_tensor(t, trf("{what}: {name}"))
         if tuple(t.shape) != tuple(want.shape):
             if tuple(t.shape) == tuple(new.shape):
                 fail(trf("{what} returned {name} of shape {list(t.shape)}, only the new positions; "

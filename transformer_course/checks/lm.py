@@ -141,7 +141,7 @@ def _diagnose(got, want, oracle_kwargs, make, what):
             continue
         if cand is not None and cand.shape == got.shape and torch.allclose(
                 got.double(), cand, atol=1e-9, rtol=1e-7):
-            fail(f"{what}: {message}")
+            fail(trf("{what}: {message}"))
     expect_close(got, want, what, atol=1e-9, rtol=1e-7)
 
 
@@ -312,7 +312,7 @@ def check_Block(cls, seed: int = 0) -> None:
                 for change, message in hints:
                     cand = _block_oracle(block, x, rope, pre, **change)
                     if torch.allclose(got.double(), cand, atol=1e-9, rtol=1e-7):
-                        fail(f"{what}: {message}")
+                        fail(trf("{what}: {message}"))
                 expect_close(got, want, what, atol=1e-9, rtol=1e-7,
                              hint=tr("The oracle calls your block's own parts in the order "
                                   "the config names"))

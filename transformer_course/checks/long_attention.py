@@ -130,12 +130,12 @@ def _diagnose(out, q, k, v, causal, head, tol, extra=()) -> None:
              "phi(q_i)·z_i is > 0 when every query sees at least itself"))
     for name, want in extra:
         if _close(g, want, max(tol, 1e-5) * 10):
-            fail(f"{head}: {BUGS.get(name, name)}")
+            fail(trf("{head}: {BUGS.get(name, name)}"))
     bugs = ["phi_v", "no_phi_k", "no_phi_q", "no_norm"]
     bugs += ["norm_all_keys", "norm_columns", "noncausal"] if causal else ["causal"]
     for bug in bugs:
         if _close(g, reference(q, k, v, causal, bug), max(tol, 1e-5) * 10):
-            fail(f"{head}: {BUGS[bug]}")
+            fail(trf("{head}: {BUGS[bug]}"))
     want = reference(q, k, v, causal)
     if tol < 1e-5 and _close(g, want, 1e-4):
         fail(_where(out, want, head, tol) + tr(". Close, but not to float64's precision: an "
@@ -332,7 +332,7 @@ def check_linear_attention_chunked(fn, seed: int = 0) -> None:
         extra = [(bug, _chunked_bug(q, k, v, chunk, bug)) for bug in CHUNK_BUGS]
         for bug, wrong in extra:
             if _close(g, wrong, max(tol, 1e-5) * 10):
-                fail(f"{head}: {CHUNK_BUGS[bug]}")
+                fail(trf("{head}: {CHUNK_BUGS[bug]}"))
         _diagnose(out, q, k, v, True, head, tol)
     passed(fn, n_cases)
 

@@ -188,7 +188,7 @@ def _run_guarded(fn, x, y):
         try:
             got = call(fn, x, y)
         except CheckFailed as e:
-            return None, (str(e), _chain_mentions(e, "NotImplementedError")), outside, 0
+            return None, (str(e), _chain_mentions(e, "NotImplementedError"), isinstance(e, NotImplementedYet)), outside, 0
     past_end = sum(int((~torch.isnan(buf[used:])).sum()) for buf, used in made)
     return got, None, outside, past_end
 
@@ -214,7 +214,7 @@ def check_vector_add(fn, seed: int = 0) -> None:
         n, what = x.numel(), trf("{name_of(fn)}(x, y) with x of shape {list(x.shape)} ({str(x.dtype)[6:]})")
         got, error, outside, past_end = guarded(x, y)
         if error is not None:
-            message, unimplemented = error
+            message, unimplemented, not_yet = error
             if outside:
                 kind, count = outside[0]
                 where = tr("past the end of x or y") if kind == "read" else tr("past the end of the output")
@@ -225,8 +225,7 @@ def check_vector_add(fn, seed: int = 0) -> None:
                 raise NotImplementedYet(
                     tr("add_kernel is not implemented yet: replace `raise NotImplementedError()` in "
                     "the kernel with your code, then run this check again.")) from None
-            raise (NotImplementedYet if message.startswith(f"{name_of(fn)} is not implemented yet") else
-                   CheckFailed)(message)
+            raise (NotImplementedYet if not_yet else CheckFailed)(message)
         if past_end:
             fail(trf("{what}: your kernel wrote {past_end} elements past the end of the output; ")
                  + _mask_hint(n))

@@ -309,7 +309,7 @@ def _diagnose(got, mod, x_q, x_kv, mask, what: str, D: int, d: int) -> None:
         except RuntimeError:   # the mistake cannot even run on these shapes
             continue
         if not _same(alt, want, atol=1e-6) and _same(got, alt, atol=1e-4):
-            fail(f"{what}: {msg.format(D=D, d=d)}")
+            fail(trf("{what}: {msg.format(D=D, d=d)}"))
 
 
 MHA_CASES = [

@@ -152,7 +152,7 @@ def _diagnose(out, w, u, k, v, head, tol, big=False):
              "finite values: is the normalizer ever 0, or an exponent inf?"))
     for bug in BUGS:
         if _close(g, reference(w, u, k, v, bug), max(tol, 1e-6) * 10):
-            fail(f"{head}: {BUGS[bug]}")
+            fail(trf("{head}: {BUGS[bug]}"))
     want = reference(w, u, k, v)
     err = (g - want).abs()
     bad = err > tol * (1 + want.abs())

@@ -137,7 +137,7 @@ def check_label_smoothed_cross_entropy(fn, seed: int = 0) -> None:
                      and not _close(alt.item(), want, 1e-4, 1e-5)]
             head = trf("label_smoothed_cross_entropy({what}): got {approx(value)}, expected {approx(want)}")
             if len(named) == 1:
-                fail(f"{head}: {_LS_WORDS[named[0]]}")
+                fail(trf("{head}: {_LS_WORDS[named[0]]}"))
             if named:           # test values where two mistakes coincide: say so, name both
                 fail(trf("{head}. Each of these mistakes gives exactly your value: ")
                      + tr(" Or: ").join(f"({i + 1}) {_LS_WORDS[n]}." for i, n in enumerate(named)))

@@ -188,7 +188,7 @@ def _first_match(got, variants, what):
         if alt.shape == got.shape and torch.allclose(got.detach(), alt, atol=ATOL, rtol=RTOL):
             matched += [words] if words not in matched else []
     if len(matched) == 1:
-        fail(f"{what}: {matched[0]}")
+        fail(trf("{what}: {matched[0]}"))
     if matched:
         fail(trf("{what}: your output matches {len(matched)} different mistakes on this input, "
              "one of: ") + tr("; or ").join(matched))

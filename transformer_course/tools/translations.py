@@ -232,11 +232,16 @@ def message_problems(m, terms: list[dict]) -> list[str]:
 
 def check(lang: str = "zh") -> list[str]:
     terms = glossary(lang)
-    out = []
+    out, package = [], {}
     for page in pages(lang):
         for m in read(page, lang):
             for p in message_problems(m, terms):
                 out.append(f"{catalog_path(page, lang).relative_to(ROOT)}: {m.id[:60]!r}: {p}")
+            if page.startswith("transformer_course/") and m.id and m.string:
+                package.setdefault(m.id, {}).setdefault(m.string, []).append(page)
+    # the package's catalogs compile into one .mo, which keeps one translation of each message
+    out += [f"{m[:60]!r} is translated differently in {sorted(p for ps in ways.values() for p in ps)}"
+            for m, ways in package.items() if len(ways) > 1]
     return out
 
 
