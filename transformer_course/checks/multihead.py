@@ -314,7 +314,7 @@ def _diagnose(got, mod, x_q, x_kv, mask, what: str, D: int, d: int) -> None:
 
 MHA_CASES = [
     # name, d_model, n_heads, bias, B, n_q, n_k (None: self-attention), mask kind
-    ("self-attention", 16, 4, True, 2, 5, None, None),
+    (tr("self-attention"), 16, 4, True, 2, 5, None, None),
     (tr("cross-attention (n_q != n_k)"), 16, 4, True, 2, 3, 7, None),
     (tr("a causal mask [T, T]"), 16, 4, True, 2, 6, None, "causal"),
     (tr("a padding mask [B, 1, n_k]"), 12, 3, True, 2, 4, 6, "padding"),

@@ -252,10 +252,11 @@ def check_bpe_encode(fn, seed: int = 0) -> None:
                 fail(trf("{head}: you merged the text as one sequence, so merges joined tokens across chunks. "
                      "Split the text with split_chunks first and merge inside each chunk, as train_bpe did"))
             i = next(j for j, (a, b) in enumerate(zip(got + [None], want + [None])) if a != b)
+            nothing = tr("nothing")
             where = (trf("; first difference at token {i}: you have "
-                     "{got[i] if i < len(got) else 'nothing'}"
+                     "{got[i] if i < len(got) else nothing}"
                      "{' = ' + repr(vocab[got[i]]) if i < len(got) else ''}, expected "
-                     "{want[i] if i < len(want) else 'nothing'}"
+                     "{want[i] if i < len(want) else nothing}"
                      "{' = ' + repr(vocab[want[i]]) if i < len(want) else ''}"))
             if len(got) < len(want):
                 hint = (tr(": did you merge across chunks? Split the text with split_chunks first and "

@@ -554,7 +554,8 @@ def _expect_stack(model, name, n_layers, what):
         fail(trf("{what}.{name} should be an nn.ModuleList of layers (so that PyTorch sees their parameters), "
              "got {type(stack).__name__}"))
     if len(stack) != n_layers:
-        fail(trf("{what}.{name} has {len(stack)} layer{'s' * (len(stack) != 1)}, expected cfg.n_layers = {n_layers} "
+        layers = tr("1 layer") if len(stack) == 1 else trf("{len(stack)} layers")
+        fail(trf("{what}.{name} has {layers}, expected cfg.n_layers = {n_layers} "
              "(the encoder and the decoder each stack n_layers layers)"))
     if len({id(layer) for layer in stack}) < len(stack):
         fail(trf("{what}.{name} holds one layer {len(stack)} times ([layer] * n_layers repeats the same module, "
