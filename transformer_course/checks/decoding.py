@@ -190,7 +190,7 @@ def _compare_greedy(got, model, prompt, steps, eos_id, what):
         fail(trf("{what}: {where}: {named[0]}"))
     if named:
         fail(trf("{what}: {where}. Each of these mistakes gives exactly your row {b}: ")
-             + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+             + tr(" Or: ").join(trf("({i + 1}) {w}.") for i, w in enumerate(named)))
     fail(trf("{what}: {where} (the argmax of model(ids)[:, -1, :], the logits at the last position of the "
          "whole sequence so far)"))
 
@@ -501,7 +501,7 @@ def _compare_beam(got, model, prompt, width, n, alpha, eos_id, what, want=None, 
         fail(trf("{what}: you returned {new}, expected {_toks(want[0, T:])}: {named[0]}"))
     if named:
         fail(trf("{what}: you returned {new}, expected {_toks(want[0, T:])}. Each of these mistakes gives "
-             "exactly your answer: ") + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+             "exactly your answer: ") + tr(" Or: ").join(trf("({i + 1}) {w}.") for i, w in enumerate(named)))
     s_got, s_want = _score(model, prompt, got, alpha, eos_id), _score(model, prompt, want, alpha, eos_id)
     fail(trf("{what}: you returned the continuation {new} (score {approx(s_got, 4)}), expected "
          "{_toks(want[0, T:])} (score {approx(s_want, 4)}){why}"))
@@ -649,7 +649,7 @@ def check_min_p_filter(fn, seed: int = 0) -> None:
             fail(trf("{head}: {named[0]}"))
         if named:
             fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}. Each of these mistakes gives "
-                 "exactly that: ") + tr(" Or: ").join(f"({i + 1}) {w}." for i, w in enumerate(named)))
+                 "exactly that: ") + tr(" Or: ").join(trf("({i + 1}) {w}.") for i, w in enumerate(named)))
         fail(trf("{head}: you kept {_fmt_set(kr)}, expected {_fmt_set(wr)}: the tokens whose probability is "
              ">= min_p * p_max = {approx(min_p * pr.max().item(), 3)}"))
     passed(fn, n)

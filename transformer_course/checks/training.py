@@ -140,7 +140,7 @@ def check_label_smoothed_cross_entropy(fn, seed: int = 0) -> None:
                 fail(trf("{head}: {_LS_WORDS[named[0]]}"))
             if named:           # test values where two mistakes coincide: say so, name both
                 fail(trf("{head}. Each of these mistakes gives exactly your value: ")
-                     + tr(" Or: ").join(f"({i + 1}) {_LS_WORDS[n]}." for i, n in enumerate(named)))
+                     + tr(" Or: ").join(trf("({i + 1}) {_LS_WORDS[n]}.") for i, n in enumerate(named)))
             fail(trf("label_smoothed_cross_entropy({what}) is {approx(value)}, expected {approx(want)} "
                  "(F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), label_smoothing={eps}, "
                  "ignore_index={ignore}))"))
