@@ -282,17 +282,21 @@ def stub(source: str) -> str:
     return "\n".join(out)
 
 
-def reader_edition(nb, solutions: bool = True):
+def reader_edition(nb, solutions: bool = True, words: dict[str, str] | None = None):
     """The book's page: outputs kept, hidden tests, Colab setup, `#| export` markers and
     `%matplotlib` lines removed; solutions shown collapsed behind "Show solution".
     With solutions=False (for a class whose grades count) every solution is the student's stub
-    instead (its outputs dropped) and the answers to the questions are left out."""
+    instead (its outputs dropped) and the answers to the questions are left out. ``words`` gives the
+    words the tooling writes (Show solution, Answer) in another language (interface_words)."""
+    words = words or {}
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
         is_solution = cell.metadata.get("nbgrader", {}).get("solution", False)
         if cell.cell_type == "markdown":
             cell.source = ADMONITION.sub(r"::::{admonition} \2\n:class: \1\n\3\n::::", cell.source)
+            for en, there in words.items():
+                cell.source = cell.source.replace(f"<summary>{en}</summary>", f"<summary>{there}</summary>")
             if not solutions:
                 cell.source = "YOUR ANSWER HERE" if is_solution else ANSWER.sub("", cell.source)
         if cell.cell_type != "code":
@@ -311,7 +315,7 @@ def reader_edition(nb, solutions: bool = True):
             if solutions:
                 cell.source = "\n".join(l for l in cell.source.splitlines() if not SOLUTION_LINE.match(l))
                 tags.append("hide-input")
-                cell.metadata["mystnb"] = dict(SOLUTION_PROMPTS)
+                cell.metadata["mystnb"] = {k: words.get(v, v) for k, v in SOLUTION_PROMPTS.items()}
             else:
                 cell.source, cell.outputs = stub(cell.source), []
         if not tags:
@@ -434,11 +438,7 @@ def stage_book(dest: Path, solutions: bool = True, lang: str = "en") -> Path:
     (dest / "chapters").mkdir()
     for path in solution_notebooks():
         # same relative path as the student edition, so launch buttons open chapters/<name>.ipynb
-        text = dumps(reader_edition(read(path), solutions))
-        for en, there in words.items():  # the words the tooling adds (Sphinx translates the prose)
-            text = text.replace(f'"{en}"', f'"{there}"').replace(f"<summary>{en}</summary>",
-                                                               f"<summary>{there}</summary>")
-        (dest / "chapters" / path.name).write_text(text)
+        (dest / "chapters" / path.name).write_text(dumps(reader_edition(read(path), solutions, words)))
     return dest
 
 
@@ -480,12 +480,8 @@ def book(root: Path = ROOT, solutions: bool = True, lang: str = "en") -> Path:
     work = root if lang == "en" else root / "_build" / lang  # jupyter-book writes <work>/_build/html
     src = stage_book(root / "_build" / ("src" if lang == "en" else f"{lang}/src"), solutions, lang)
     html = root / "_build" / "html" / ("." if lang == "en" else lang)
-    if lang == "en":  # a build with solutions must not leave them in a build without
-        for old in html.iterdir() if html.exists() else ():
-            if old.name not in LANGS:
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-    elif html.exists():
-        shutil.rmtree(html)
+    if html.exists():  # a build with solutions must not leave them in a build without (the English
+        shutil.rmtree(html)  # edition's folder holds the others: `book` builds English first)
     subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output", str(work),
                     "--warningiserror", "--keep-going", "--quiet"], check=True)
     if lang != "en":
