@@ -445,7 +445,7 @@ def _feedback_html(r: Result, unsafe: bool) -> str:
     score = trf("{r.score:g} of {r.max_score:g} points.")
     rule = tr("Each exercise earns its points when its check (and the hidden tests behind it, the same "
               "check on other inputs) passes.")
-    head = "".join(f"<th>{tr(h)}</th>" for h in (tr("exercise"), tr("points"), tr("result")))
+    head = "".join(f"<th>{h}</th>" for h in (tr("exercise"), tr("points"), tr("result")))
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{e(r.chapter)}: {e(r.student)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{e(r.chapter)}: {e(r.student)}</h1>"
             + (f"<p class=note><b>{e(UNSAFE)}</b></p>" if unsafe else "") +

@@ -1,7 +1,8 @@
 """The translation catalogs: what is left to translate, filling it in, and the checks the tests run.
 
     python -m transformer_course.tools.translations todo [--lang zh] [PAGE ...]
-        untranslated and fuzzy messages (PAGE: chapters/03_attention, book/intro, package), as JSON
+        untranslated and fuzzy messages (PAGE: chapters/03_attention, book/intro,
+        transformer_course/checks/attention), as JSON
     python -m transformer_course.tools.translations fill [--lang zh] PAGE FILE.json
         write FILE.json ({"msgid": "msgstr", ...}) into PAGE's catalog; a filled message is no
         longer fuzzy, so fill only what you have reviewed (CONTRIBUTING.md, "Translating")
