@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from transformer_course.i18n import fstring_source
 from transformer_course.tools import translations as tr_tool
 from transformer_course.tools.notebooks import CHAPTERS, ROOT, book, solution_notebooks
 
@@ -66,9 +67,7 @@ SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.S
 
 
 def _template_names(template: str) -> set:
-    body = template.replace("\\", "\\\\").replace("\n", "\\n")
-    quote = next(q for q in ('"', "'", '"""', "'''") if q not in body and not body.endswith(q[0]))
-    tree = ast.parse(f"f{quote}{body}{quote}", mode="eval")
+    tree = ast.parse(fstring_source(template), mode="eval")
     bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
 

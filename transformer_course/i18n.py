@@ -54,13 +54,17 @@ def tr(message: str) -> str:
     return _catalog(language()).gettext(message)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(text: str):
-    # text is an f-string's body: backslashes can only be in its literal parts (Python 3.11 allows
-    # none inside the braces), so doubling them and writing newlines as \n gives its source
+def fstring_source(text: str) -> str:
+    """The f-string literal whose body is text. Backslashes can only be in its literal parts (Python
+    3.11 allows none inside the braces), so doubling them and writing newlines as \\n gives it."""
     body = text.replace("\\", "\\\\").replace("\n", "\\n")
     quote = next(q for q in ('"', "'", '"""', "'''") if q not in body and not body.endswith(q[0]))
-    return compile(f"f{quote}{body}{quote}", "<message>", "eval")
+    return f"f{quote}{body}{quote}"
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(text: str):
+    return compile(fstring_source(text), "<message>", "eval")
 
 
 def trf(template: str) -> str:

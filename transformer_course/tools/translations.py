@@ -32,10 +32,8 @@ from pathlib import Path
 from babel.messages import mofile, pofile
 from babel.messages.catalog import Catalog
 
-ROOT = Path(__file__).resolve().parents[2]
-LOCALES = ROOT / "locales"
+from .notebooks import LANGS, LOCALES, ROOT
 PACKAGE_LOCALES = ROOT / "transformer_course" / "locales"
-LANGS = {"zh": "zh_CN"}
 CODE_COLUMN = 88  # the book's code column, in display columns
 
 # Parts of a message that are the same in every language: code spans, math, link targets, MyST
