@@ -19,7 +19,7 @@ import nbformat
 import psutil
 import pytest
 
-from transformer_course.tools.grade import grade, nbgrader_cells, is_graded, restore_tests
+from transformer_course.tools.grade import SKIP, cells_to_run, grade, nbgrader_cells, is_graded, restore_tests
 from transformer_course.tools.notebooks import CHAPTERS, ROOT, SOLUTIONS, read, solution_notebooks
 from transformer_course.tools.sandbox import works
 
@@ -351,3 +351,30 @@ def test_what_honest_notebooks_do_works_in_the_sandbox():
         assert conn.request("get", "out") == "4" and conn.request("get", "code") == 0
     finally:
         box.close()
+
+
+def test_demos_are_skipped_unless_an_answer_uses_them():
+    """Cells tagged skip-when-grading do not run, unless a cell that runs reads a name only a
+    skipped demo defines: then the demo runs too (a learner's answer used its variable)."""
+    cell = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("import torch\nd_model = 8"),
+        cell("sizes = [2**i for i in range(20)]\nd_model = 64\nfor n in sizes:\n    print(n)", metadata={"tags": [SKIP]}),
+        cell("from time import perf_counter\nseconds = [perf_counter() for _ in range(9)]", metadata={"tags": [SKIP]}),
+        cell("def width(x):\n    return x.shape[-1] * d_model"),
+        cell("print(len(seconds))", metadata={"tags": [SKIP]}),
+    ])
+    assert cells_to_run(nb, {1, 2, 4}) == {0, 3}   # d_model is defined before the demo too
+    nb.cells[3].source = "def width(x):\n    return x.shape[-1] * len(sizes)"  # only the demo defines sizes
+    assert cells_to_run(nb, {1, 2, 4}) == {0, 1, 3}
+    nb.cells[3].source = "global seconds\nseconds = []\ndef width(x):\n    return len(seconds)"
+    assert cells_to_run(nb, {1, 2, 4}) == {0, 3}
+
+
+@pytest.mark.parametrize("chapter", CHAPTER_NAMES)
+def test_no_cell_that_runs_needs_a_demo(chapter):
+    """The rule for skip-when-grading (CONTRIBUTING.md): no untagged cell of the instructor's notebook
+    reads a name that only a tagged cell defines."""
+    nb = read(SOLUTIONS / f"{chapter}.ipynb")
+    demos = {i for i, c in enumerate(nb.cells) if SKIP in c.metadata.get("tags", [])}
+    assert not demos & cells_to_run(nb, demos), [nb.cells[i].source[:60] for i in demos & cells_to_run(nb, demos)]

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import signal
+import symtable
 import sys
 import tempfile
 import time
@@ -252,7 +253,48 @@ def cell_label(nb, i: int) -> str:
     return trf("cell {i + 1} ({first[:50] + ('...' if len(first) > 50 else '')})")
 
 
-SKIP = "skip-when-grading"  # a cell tag: the chapter's long demos, which no exercise needs
+SKIP = "skip-when-grading"  # a cell tag: the chapter's demos (training, timing, figures), which no exercise needs
+
+
+def bound_and_used(source: str) -> tuple[set[str], set[str]]:
+    """The names a cell binds in the notebook's namespace, and those it reads from there (in its
+    functions too), by Python's own scope analysis (symtable). A cell that does not parse: none."""
+    try:
+        top = symtable.symtable(source, "<cell>", "exec")
+    except SyntaxError:
+        return set(), set()
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    used = {s.get_name() for s in top.get_symbols() if s.is_referenced()}
+    tables = list(top.get_children())
+    while tables:
+        t = tables.pop()
+        tables += t.get_children()
+        for sym in t.get_symbols():
+            if sym.is_declared_global() and sym.is_assigned():
+                bound.add(sym.get_name())
+            elif sym.is_global() and sym.is_referenced():
+                used.add(sym.get_name())
+    return bound, used
+
+
+def cells_to_run(nb, skip: set) -> set[int]:
+    """The code cells that grading runs: all but the demos (`skip`, cell indices), and a demo too
+    where a cell that runs after it reads a name that only the demo defines (a learner's answer
+    may use one of its variables: skipping the demo would leave that name undefined)."""
+    names = {i: bound_and_used(c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()}
+    run = set(names) - set(skip)
+    while True:
+        wanted, defined, demos = set(), set(), {}  # demos: name -> the last skipped cell so far that binds it
+        for j in sorted(names):
+            bound, used = names[j]
+            if j in run:
+                wanted |= {demos[n] for n in used - bound - defined if n in demos}
+                defined |= bound
+            else:
+                demos.update(dict.fromkeys(bound, j))
+        if not wanted:
+            return run
+        run |= wanted
 
 
 def free_names(source: str) -> list[str]:
@@ -309,8 +351,10 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
     solutions = {c.metadata.nbgrader.grade_id: i for i, c in enumerate(nb.cells)
                  if c.metadata.get("nbgrader", {}).get("solution")}
     exercises, general, pending = [], [], []  # pending: notes of the cells since the last check
-    # the course's long demos, by cell id: also in a student edition downloaded before they were tagged
-    skip = {c.get("id") for c in source.cells if SKIP in c.metadata.get("tags", [])} - {None}
+    # the course's demos, by cell id: also in a student edition downloaded before they were tagged
+    demos = {c.get("id") for c in source.cells if SKIP in c.metadata.get("tags", [])} - {None}
+    run = cells_to_run(nb, {i for i, c in enumerate(nb.cells) if not is_graded(c) and (
+        SKIP in c.metadata.get("tags", []) or c.get("id") in demos)})
     deadline = time.monotonic() + s.notebook_timeout
     box = conn = None
     stopped = ""
@@ -321,7 +365,7 @@ def run_submission(nb, source, restore_notes: dict, s: Settings) -> tuple[list[E
             if cell.cell_type != "code" or not cell.source.strip():
                 continue
             graded = is_graded(cell)
-            if not graded and (SKIP in cell.metadata.get("tags", []) or cell.get("id") in skip or stopped):
+            if not graded and (i not in run or stopped):
                 continue
             limit = min(s.timeout, deadline - time.monotonic())
             if graded:
