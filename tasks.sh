@@ -48,7 +48,7 @@ install_with_uv() {
   for link in ${PIP_FIND_LINKS:-$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)}; do
     links+=(--find-links "$link")
   done
-  "$VENV/bin/uv" pip install --python "$VENV/bin/python" --compile-bytecode --link-mode copy \
+  "$VENV/bin/uv" pip install --python "$VENV/bin/python" --compile-bytecode \
     ${links[@]+"${links[@]}"} -r requirements.txt &&
     "$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
 }

@@ -11,8 +11,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -80,10 +78,13 @@ CHAPTER_NAMES = [p.stem for p in solution_notebooks()]
 
 
 def every_chapter(folder):
-    """For every chapter: solved (full marks), untouched (0), and solved but for a wrong last exercise."""
+    """For every chapter: solved (full marks), untouched (0), and solved but for a wrong last exercise.
+    The solved chapter 03 is in nbgrader's layout (<student>/<chapter>/<chapter>.ipynb), the rest flat."""
     for ch in CHAPTER_NAMES:
         last = exercises(ch)[-1]
-        nbformat.write(solved(ch), folder / f"solved_{ch}.ipynb")
+        path = folder / "solved" / ch / f"{ch}.ipynb" if ch == CHAPTER else folder / f"solved_{ch}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(solved(ch), path)
         shutil.copy(CHAPTERS / f"{ch}.ipynb", folder / f"unsolved_{ch}.ipynb")
         nb = solved(ch)
         c = nb.cells[index(nb, last)]  # a wrong answer: the right one, then overwritten by one that fails
@@ -117,9 +118,7 @@ def submissions(folder):
         nbformat.write(nb, path)
         made[student] = path
 
-    save("ada", solved(CHAPTER), nbgrader_layout=True)              # good: everything solved
-    save("bob", read(CHAPTERS / f"{CHAPTER}.ipynb"))                # good: the untouched stub
-
+    # good: everything solved, and the untouched stub: the students "solved" and "unsolved" of every_chapter
     nb = solved(CHAPTER)                                            # good: one plausible mistake
     edit(nb, "scaled_dot_product_attention", "dim=-1", "dim=-2")
     save("cara", nb)
@@ -235,16 +234,17 @@ FULL = [2, 1, 1, 1, 1]
 
 def test_good_submissions(graded):
     rows, fb, _ = graded
-    columns = list(rows["ada"])  # every chapter in the batch: a column per exercise, in chapter order
+    columns = list(rows["solved"])  # every chapter in the batch: a column per exercise, in chapter order
     assert columns[0] == "student" and columns[-3:] == ["total", "max", "similar"]
     assert [c for c in columns if c.startswith(CHAPTER)] == [f"{CHAPTER}/{e}" for e in EXERCISES]
     assert len(columns) == 4 + sum(len(exercises(ch)) for ch in CHAPTER_NAMES)
-    assert scores(rows, "ada") == FULL and rows["ada"]["total"] == "6"
-    assert scores(rows, "bob") == [0] * 5 and "not implemented yet" in feedback(fb, "bob")
+    assert scores(rows, "solved") == FULL and scores(rows, "unsolved") == [0] * 5
+    assert "not implemented yet" in feedback(fb, "unsolved")
     assert scores(rows, "cara") == [0, 1, 1, 1, 1]
     assert "softmax ran over the queries (dim=-2)" in feedback(fb, "cara")
     most = sum(sum(points(ch).values()) for ch in CHAPTER_NAMES)  # every chapter graded in this batch
     assert all(float(r["max"]) == most for r in rows.values())  # a student cannot add points or graded cells
+    assert float(rows["solved"]["total"]) == most and float(rows["cara"]["total"]) == 4
 
 
 def test_feedback_speaks_the_submissions_language(graded):
@@ -254,16 +254,16 @@ def test_feedback_speaks_the_submissions_language(graded):
     for student in ("li", "lin"):
         assert len(re.findall("[\u4e00-\u9fff]", feedback(fb, student))) > 20, feedback(fb, student)
     assert "not implemented yet" not in feedback(fb, "li") and "passed" not in feedback(fb, "lin")
-    assert "not implemented yet" in feedback(fb, "bob")  # and the English ones stay English
+    assert "not implemented yet" in feedback(fb, "unsolved")  # and the English ones stay English
 
 
 def test_the_similarity_report(graded):
     """Copies of the published solution are flagged in the CSV and the feedback index; stubs never."""
     rows, fb, _ = graded
-    assert "03_attention/scaled_dot_product_attention: 1.00 to the solution" in rows["ada"]["similar"]
-    assert rows["bob"]["similar"] == ""
+    assert "03_attention/scaled_dot_product_attention: 1.00 to the solution" in rows["solved"]["similar"]
+    assert rows["unsolved"]["similar"] == ""
     index = (fb / "index.html").read_text()
-    assert "Similar answers" in index and "ada_" not in index and "ada/03_attention.html" in index
+    assert "Similar answers" in index and "solved/03_attention.html" in index and "solved_03" not in index
 
 
 def test_loops_memory_and_crashes_cost_what_they_stop(graded):
@@ -297,7 +297,7 @@ def test_no_submission_reaches_another_or_the_grader(graded):
     assert scores(rows, "max") == [2, 1, 1, 1, 1]   # its forks answer nothing; its attacks hit nothing
     assert not seen["changed"], "a submission changed another's notebook"
     assert not seen["shm"] and not seen["left"], "something was left behind"
-    assert scores(rows, "ada") == FULL
+    assert scores(rows, "solved") == FULL
 
 
 def test_invalid_notebooks_score_zero_with_the_reason(graded):
@@ -307,19 +307,24 @@ def test_invalid_notebooks_score_zero_with_the_reason(graded):
         assert "not a valid notebook" in feedback(fb, student)
 
 
-def test_no_sandbox_no_grading(tmp_path, monkeypatch):
+def test_no_sandbox_no_grading(tmp_path, monkeypatch, capsys):
     """Without bubblewrap the grader stops and says why, unless told to accept the risk (then the CSV
-    and the feedback say so)."""
+    and the feedback say so). The command's own entry point, in this process."""
+    from transformer_course.tools.grade import main, sandbox_works
+
     sub = tmp_path / "sub"
     sub.mkdir()
     nbformat.write(solved(CHAPTER), sub / f"ada_{CHAPTER}.ipynb")
-    env = {**os.environ, "PATH": "/nonexistent"}
-    cmd = [sys.executable, "-m", "transformer_course.tools.grade", str(sub), "--out", str(tmp_path / "g.csv"),
-           "--feedback", str(tmp_path / "fb")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "bubblewrap" in r.stderr and "--unsafe-no-sandbox" in r.stderr
-    r = subprocess.run(cmd + ["--unsafe-no-sandbox"], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.setenv("PATH", "/nonexistent")
+    sandbox_works.cache_clear()
+    args = [str(sub), "--out", str(tmp_path / "g.csv"), "--feedback", str(tmp_path / "fb")]
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(args)
+        assert "bubblewrap" in str(stopped.value) and "--unsafe-no-sandbox" in str(stopped.value)
+        main(args + ["--unsafe-no-sandbox"])
+    finally:
+        sandbox_works.cache_clear()
     text = (tmp_path / "g.csv").read_text()
     assert text.startswith("# WARNING: graded WITHOUT a sandbox") and ",6,6" in text
     assert "WITHOUT a sandbox" in (tmp_path / "fb" / "ada" / f"{CHAPTER}.html").read_text()
