@@ -299,12 +299,8 @@ def cells_to_run(nb, skip: set) -> set[int]:
 
 def free_names(source: str) -> list[str]:
     """The names a check cell uses without defining them: the learner's objects it checks."""
-    tree = ast.parse(source)
-    bound = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-             for a in n.names}
-    bound |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
-    used = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
-    return sorted({n for n in used if n not in bound and not hasattr(builtins, n)})
+    bound, used = bound_and_used(source)
+    return sorted(n for n in used - bound if not hasattr(builtins, n))
 
 
 def imports_of(source: str) -> str:
