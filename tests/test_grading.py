@@ -110,13 +110,8 @@ def test_every_chapter_is_graded_right(graded, chapter):
 # --- a hostile class ---------------------------------------------------------------------------------
 
 def submissions(folder):
-    made = {}
-
-    def save(student, nb, nbgrader_layout=False):
-        path = (folder / student / CHAPTER / f"{CHAPTER}.ipynb") if nbgrader_layout else folder / f"{student}_{CHAPTER}.ipynb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, path)
-        made[student] = path
+    def save(student, nb):
+        nbformat.write(nb, folder / f"{student}_{CHAPTER}.ipynb")
 
     # good: everything solved, and the untouched stub: the students "solved" and "unsolved" of every_chapter
     nb = solved(CHAPTER)                                            # good: one plausible mistake
@@ -203,7 +198,6 @@ def submissions(folder):
 
     (folder / f"eve_{CHAPTER}.ipynb").write_text("{ this is not a notebook")   # not valid notebooks
     (folder / f"flo_{CHAPTER}.ipynb").write_text('{"cells": "nope"}')
-    return made
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +205,7 @@ def graded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grading")
     sub = tmp / "submitted"
     sub.mkdir()
-    made = submissions(sub)
+    submissions(sub)
     every_chapter(sub)  # one batch for all: the two workers stay busy
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*.ipynb")}
     shm = set(os.listdir("/dev/shm"))
@@ -222,7 +216,7 @@ def graded(tmp_path_factory):
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sub.rglob("*.ipynb")}
     left = {p.pid for p in psutil.Process().children(recursive=True)} - children
     return rows, tmp / "feedback", {"changed": before != after, "shm": set(os.listdir("/dev/shm")) - shm,
-                                    "left": left, "made": made}
+                                    "left": left}
 
 
 def scores(rows, student):
