@@ -62,7 +62,6 @@ if WORKERS > 1:
 SLOWEST_FIRST = [
     "tests/test_grading.py",                  # 420 s: grades 70 notebooks in sandboxes
     "tests/test_translations.py",             # 120 s: builds the Chinese site, every check in Chinese
-    "solutions/08_training.ipynb",            # 155 s: trains its two models
     "tests/test_gpu_report.py",               # 80 s: the GPU report's dry run
     "tests/test_bridge.py",                   # 65 s: every exercise's cases through the bridge
     "tests/test_selfcheck.py",                # 45 s: the CLI runs chapters

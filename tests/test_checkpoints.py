@@ -3,6 +3,8 @@
 notebook never writes the course's checkpoints. Fast: tiny recipes, no real training.
 """
 
+import contextlib
+import io
 import math
 import threading
 import time
@@ -231,3 +233,75 @@ def test_cached_makes_once_finds_shipped_copies_and_never_trains_under_test(tmp_
     with pytest.raises(FileNotFoundError, match="not shipped"):
         training.cached("toy", {"steps": 5}, make)
     assert len(made) == 2
+
+
+def _chapter_08_shell():
+    """Chapter 08's cells as a learner's kernel runs them, up to the one that defines
+    train_chars: the setup, the exported code, `trained` and the small demos (no training)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    for cell in read(CHAPTER_08).cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "colab-setup" in tags:
+            continue
+        if "skip-when-grading" in tags and "def trained(" not in cell.source:
+            continue
+        result = shell.run_cell(cell.source, silent=True)
+        assert result.success, (cell.source[:200], result.error_in_exec or result.error_before_exec)
+        if "def train_chars(" in cell.source:
+            assert "trained" in shell.user_ns, "chapter 08 defines trained() after train_chars"
+            return shell
+    raise AssertionError("chapter 08 defines no train_chars()")
+
+
+def test_a_run_is_kept_under_the_code_it_ran_and_only_that(tmp_path, monkeypatch):
+    """Chapter 08's trained(train_fn, device) keys a run by the source of the notebook's cells
+    that train_fn reaches: another lr_at is another run; a new unrelated function is not."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("TRANSFORMER_COURSE_CACHE", str(tmp_path))
+    monkeypatch.delenv("TRANSFORMER_COURSE_SHIPPED_ONLY", raising=False)
+    shell = _chapter_08_shell()
+    try:
+        ns = shell.user_ns
+        code = ns["notebook_code"]
+        dates = code(ns["train_dates"])
+        for reached in ("def lr_at(", "def label_smoothed_cross_entropy(", "def train(",
+                        "def make_dates(", "class CharTokenizer", "def dates_recipe("):
+            assert reached in dates, f"the dates run's key misses {reached}"
+        for not_reached in ("def char_corpus(", "def clip_grad_norm(", "def default_embedding_init("):
+            assert not_reached not in dates, f"the dates run's key holds {not_reached}"
+        assert "def char_corpus(" in code(ns["train_chars"])
+        shell.run_cell("def unrelated():\n    return 1")
+        assert code(ns["train_dates"]) == dates, "a function the run never calls changed its key"
+        shell.run_cell("_right = lr_at\n\ndef lr_at(*args):\n    return _right(*args)")
+        assert code(ns["train_dates"]) != dates, "a new lr_at kept the old run's key"
+
+        # a run is made once, then loaded: the same weights, history and tokenizer
+        shell.run_cell(
+            "def tiny_run(device):\n"
+            "    tok, cfg, _ = dates_recipe()\n"
+            "    torch.manual_seed(0)\n"
+            "    model = EncoderDecoder(TransformerConfig(tok.vocab_size, d_model=8, n_heads=2,\n"
+            "                                             d_ff=16, n_layers=1, max_len=16))\n"
+            "    return model.eval(), tok, {'loss': [3.0, 2.0], 'lr': [0.0, 1e-3]}\n")
+        runs = []
+        for _ in range(2):
+            with capture() as out:
+                runs.append(ns["trained"](ns["tiny_run"], torch.device("cpu")))
+            runs[-1] += (out.getvalue(),)
+        (first, tok, history, said), (again, tok2, history2, said2) = runs
+        assert said.startswith("trained ") and said2.startswith("loaded the kept run of this code"), (said, said2)
+        assert _same_weights(first, again) and not again.training
+        assert history == history2 == {"loss": [3.0, 2.0], "lr": [0.0, 1e-3]} and tok.chars == tok2.chars
+        assert len(list(tmp_path.glob("08_tiny_run-cpu-*.pt"))) == 1
+    finally:
+        InteractiveShell.clear_instance()
+
+
+@contextlib.contextmanager
+def capture():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield out

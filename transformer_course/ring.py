@@ -379,12 +379,17 @@ def run_ring(q, k, v, size: int, causal: bool = False, layout: str = "contiguous
 
     import torch.multiprocessing as mp
 
-    # the packaged worker: spawned processes can import it
+    # the packaged worker: the ranks' processes can import it
     from transformer_course import ring
     from transformer_course.machine import free_port
 
     split_sequence(q, size, layout)  # length check before any process starts
-    ctx = mp.get_context("spawn")
+    # a fork server imports torch once and forks each rank from that clean process (it
+    # has run no PyTorch threads, so forking is safe); without one (Windows), spawn
+    forkserver = "forkserver" in mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if forkserver else "spawn")
+    if forkserver:
+        ctx.set_forkserver_preload(["transformer_course.ring"])  # before it starts
     results = ctx.Queue()
     args = (size, free_port(), q, k, v, causal, layout, results, repeats, grads_out,
             send_first)
