@@ -74,8 +74,8 @@ setup() {
   fi
   sandbox_tool
   # The course's own modules byte-compiled once (a no-op when up to date): where
-  # PYTHONDONTWRITEBYTECODE is set, as on CI, and in the read-only grading sandboxes, every
-  # process would otherwise compile them again.
+  # PYTHONDONTWRITEBYTECODE is set (these machines set it), and in the read-only grading
+  # sandboxes, every process would otherwise compile them again.
   "$VENV/bin/python" -m compileall -q transformer_course > /dev/null || true
   export PATH="$PWD/$VENV/bin:$PATH" PYTHONHASHSEED=0
 }
