@@ -5,6 +5,7 @@ and a full KV cache.
     python benchmarks/infini_memory.py                  # up to 2^20 tokens (about a minute)
     python benchmarks/infini_memory.py --max-tokens 65536
     python benchmarks/infini_memory.py --device cuda    # on a GPU
+    python benchmarks/infini_memory.py --methods infini txl   # some of the methods only
 
 One head, d_head = 64, segments of 512 random tokens (q, k, v drawn directly), fp32, no
 gradients, torch threads as set by OMP_NUM_THREADS. Each method runs in a fresh process,
@@ -40,6 +41,7 @@ import torch
 from common import RESULTS, cpu_name, write_csv
 
 SEGMENT, D = 512, 64
+METHODS = ("infini", "txl", "full_kv")
 
 
 def status(field: str) -> int:
@@ -113,11 +115,12 @@ def main() -> None:
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", help="the CSV (default: results/infini_memory_<device>.csv)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     a = p.parse_args()
     if a.child:
         return child(a.child[0], int(a.child[1]), a.child[2])
     rows = []
-    for method in ("infini", "txl", "full_kv"):
+    for method in a.methods:
         cap = min(a.max_tokens, a.full_max) if method == "full_kv" else a.max_tokens
         res = subprocess.run([sys.executable, __file__, "--child", method, str(cap),
                               a.device], capture_output=True, text=True, check=True)

@@ -4,6 +4,7 @@ window, block-sparse attention and linear attention (chapter 14).
     python benchmarks/long_attention.py                  # N = 512..8192, 5 runs each
     python benchmarks/long_attention.py --ns 1024 4096 --repeats 3   # fewer
     python benchmarks/long_attention.py --device cuda    # on a GPU: time and peak memory
+    python benchmarks/long_attention.py --methods full linear   # some of the methods only
 
 Each (method, N) runs in a fresh process, which measures how far its resident memory rises
 above the level before the call (Linux: VmHWM reset through /proc/self/clear_refs, see
@@ -78,14 +79,14 @@ def child(method: str, n: int, d: int) -> None:
     print(json.dumps({"peak_extra_mib": peak / 2**20, "cpu_seconds": seconds}))
 
 
-def run_cuda(ns, d: int, csv_out=None) -> None:
+def run_cuda(ns, d: int, csv_out=None, methods=METHODS) -> None:
     """On the GPU: median time of a call (synchronised) and the peak memory it allocates
     above what is held before it (torch.cuda.max_memory_allocated)."""
     from transformer_course.machine import time_fn
 
     rows = []
     for n in ns:
-        for method in METHODS:
+        for method in methods:
             fn = make_fn(method, n, d, "cuda")
             fn()
             torch.cuda.synchronize()
@@ -106,12 +107,12 @@ def run_cuda(ns, d: int, csv_out=None) -> None:
     write_csv(rows, csv_out or RESULTS / "long_attention_cuda.csv")
 
 
-def run_cpu(ns, d: int, repeats: int = 5, csv_out=None) -> None:
+def run_cpu(ns, d: int, repeats: int = 5, csv_out=None, methods=METHODS) -> None:
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
     got = {}
     for run in range(repeats):                     # interleaved: drifts in load spread out
         for n in ns:
-            for method in METHODS:
+            for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--child", method, str(n),
                                       str(d)], capture_output=True, text=True, check=True)
                 one = json.loads(out.stdout.strip().splitlines()[-1])
@@ -119,7 +120,7 @@ def run_cpu(ns, d: int, repeats: int = 5, csv_out=None) -> None:
                 print(run, method, n, one, flush=True)
     rows = []
     for n in ns:
-        for method in METHODS:
+        for method in methods:
             secs = sorted(r["cpu_seconds"] for r in got[method, n])
             peaks = sorted(r["peak_extra_mib"] for r in got[method, n])
             rows.append({"hardware": cpu_name(), "device": "cpu", "threads": threads,
@@ -141,11 +142,13 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=5, help="runs per (method, N)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, help="the CSV (default: results/, by device)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     args = parser.parse_args()
     if args.child:
         method, n, d = args.child
         child(method, int(n), int(d))
     elif args.device == "cuda":
-        run_cuda(args.ns or [1024, 2048, 4096, 8192, 16384], args.d, args.out)
+        run_cuda(args.ns or [1024, 2048, 4096, 8192, 16384], args.d, args.out, args.methods)
     else:
-        run_cpu(args.ns or [512, 1024, 2048, 4096, 8192], args.d, args.repeats, args.out)
+        run_cpu(args.ns or [512, 1024, 2048, 4096, 8192], args.d, args.repeats, args.out,
+                args.methods)
