@@ -5,6 +5,15 @@ import math
 import torch
 
 
+def broadcast_shapes(*shapes) -> torch.Size:
+    """The shape that tensors of these shapes broadcast to; RuntimeError if they do not.
+    Tensors on the meta device have a shape and no data. (torch.broadcast_shapes gives
+    the same, but its first call costs half a second: it imports a symbolic-shape
+    library.)"""
+    empty = [torch.empty(shape, device="meta") for shape in shapes]
+    return torch.broadcast_tensors(*empty)[0].shape
+
+
 def validate_attention_inputs(q, k, v, mask=None) -> None:
     """Raise a clear error unless q [..., n_q, d_k], k [..., n_k, d_k], v
     [..., n_k, d_v] and mask (optional) is a bool tensor broadcastable to the scores'
@@ -28,7 +37,7 @@ def validate_attention_inputs(q, k, v, mask=None) -> None:
             f"and v {list(v.shape)}"
         )
     try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
         raise ValueError(
             f"the leading (batch) dimensions of q {list(q.shape)}, k {list(k.shape)} "
@@ -42,7 +51,7 @@ def validate_attention_inputs(q, k, v, mask=None) -> None:
                         "turn a 0/1 mask into one with mask.bool()")
     scores = torch.Size((*batch, q.shape[-2], k.shape[-2]))
     try:
-        fits = torch.broadcast_shapes(mask.shape, scores) == scores
+        fits = broadcast_shapes(mask.shape, scores) == scores
     except RuntimeError:
         fits = False
     if not fits:
