@@ -103,6 +103,7 @@ def test_every_chapter_is_graded_right(graded, chapter):
         assert float(rows["onewrong"][col]) == (0 if name == last else p), (col, feedback(fb, "onewrong", chapter))
     assert "wrong on purpose" in feedback(fb, "onewrong", chapter)
     assert "not implemented yet" in feedback(fb, "unsolved", chapter)
+    assert "as released, so it was not run" in feedback(fb, "unsolved", chapter)  # no sandbox needed
     assert "the grader failed" not in feedback(fb, "solved", chapter)
     assert " raised " not in feedback(fb, "solved", chapter), "a cell not tagged skip-when-grading failed"
 
