@@ -1,6 +1,6 @@
 """What a notebook's long demos compute, computed once per version of their code and kept.
 
-A training run that a chapter shows takes a minute of CPU; rerunning the notebook should not pay
+A training run that a chapter shows can take a minute of CPU; rerunning the notebook should not pay
 it again, and changing the code it runs (a learner's own answer, say) should. So the result is
 kept (`training.cached`) under a hash of the source of every notebook cell the run reaches
 (`notebook_code`) and of its arguments. Chapter 08 explains it, with the two runs it keeps; the
