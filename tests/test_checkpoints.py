@@ -300,8 +300,14 @@ def test_a_run_is_kept_under_the_code_it_ran_and_only_that(tmp_path, monkeypatch
         # run_once (chapter 05's grids): computed once per code and arguments, then loaded
         shell.run_cell("from transformer_course.tools.once import run_once\ncalls = []\n\n"
                        "def grid(n):\n    calls.append(n)\n    return {(n, True): ([float(n)], torch.ones(n))}")
-        got = [shell.ev(f"run_once('t', grid, {n})") for n in (2, 2, 3)]
+        got, said = [], []
+        for n in (2, 2, 3):
+            with capture() as out:
+                got.append(shell.ev(f"run_once('t', grid, {n})"))
+            said.append(out.getvalue())
         assert ns["calls"] == [2, 3] and torch.equal(got[1][2, True][1], torch.ones(2)) and got[2][3, True][0] == [3.0]
+        assert [s.split(" s of CPU")[0].rsplit(" ", 1)[0] for s in said] == [
+            "t: ran in", "t: loaded the kept run, which took", "t: ran in"], said
         shell.run_cell("def grid(n):\n    calls.append(-n)\n    return {}")
         assert shell.ev("run_once('t', grid, 2)") == {} and ns["calls"] == [2, 3, -2], "new code, same key"
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import linecache
+import time
 
 
 def notebook_code(fn) -> str:
@@ -37,9 +38,27 @@ def notebook_code(fn) -> str:
 
 def run_once(kind: str, fn, *args):
     """fn(*args), computed once per version of the notebook code it reaches and of args, then
-    loaded (kept by training.cached as <kind>-<device>-<hash>.pt). The result must be what
-    `cached` keeps: tensors, numbers, strings and lists, tuples and dicts of them."""
+    loaded (kept by training.cached as <kind>-<device>-<hash>.pt); prints the CPU time the run
+    took. The result must be what `cached` keeps: tensors, numbers, strings and lists, tuples
+    and dicts of them."""
+    import torch
+
     from ..training import cached
 
+    made = []
+
+    def make():
+        cpu = time.process_time()
+        result = fn(*args)
+        made.append(True)
+        return {"result": result, "cpu_seconds": time.process_time() - cpu,
+                "threads": torch.get_num_threads()}
+
     code = hashlib.sha256(notebook_code(fn).encode()).hexdigest()
-    return cached(kind, {"code": code, "args": repr(args)}, lambda: {"result": fn(*args)})["result"]
+    # the payload's keys are in the recipe: a payload kept by an older run_once is not read
+    run = cached(kind, {"code": code, "args": repr(args),
+                        "payload": ["result", "cpu_seconds", "threads"]}, make)
+    n = run["threads"]
+    took = f"{run['cpu_seconds']:.1f} s of CPU time ({n} thread{'s' if n > 1 else ''})"
+    print(f"{kind}: ran in {took}" if made else f"{kind}: loaded the kept run, which took {took}")
+    return run["result"]
