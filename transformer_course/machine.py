@@ -103,44 +103,6 @@ def matmul_gflops(n: int, dtype=torch.float32, device=None, repeats: int = 5) ->
     return matmul_flops(n, n, n) / seconds / 1e9
 
 
-triton = load_triton()
-if triton is not None:
-    import triton.language as tl
-
-
-if triton is not None:
-    @triton.jit
-    def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-        """One program: out[i] = x[i] + y[i] for the BLOCK indices i of block number
-        program_id(0)."""
-        pid = tl.program_id(0)
-        offsets = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offsets < n  # the last block runs past the end: switch those lanes off
-        x = tl.load(x_ptr + offsets, mask=mask)
-        y = tl.load(y_ptr + offsets, mask=mask)
-        tl.store(out_ptr + offsets, x + y, mask=mask)
-
-
-def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """x + y by add_kernel: ceil(n / block) programs of `block` elements each."""
-    if triton is None:
-        raise RuntimeError("Triton is not available on this machine (it needs Linux)")
-    if x.shape != y.shape or x.dtype != y.dtype or x.device != y.device:
-        raise ValueError(
-            f"x and y must match, got {tuple(x.shape)} {x.dtype} on {x.device} "
-            f"and {tuple(y.shape)} {y.dtype} on {y.device}"
-        )
-    if not (x.is_contiguous() and y.is_contiguous()):
-        raise ValueError(
-            "x and y must be contiguous: the kernel walks their memory in order"
-        )
-    out = torch.empty_like(x)
-    n = x.numel()
-    grid = (triton.cdiv(n, block),)
-    add_kernel[grid](x, y, out, n, BLOCK=block)
-    return out
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on host that nobody is listening on and that the OS hands to no one
     else for about a minute, so that processes picking ports at the same time (two

@@ -2,7 +2,7 @@ import os
 
 import torch
 
-from transformer_course import machine
+from transformer_course import machine, vector_add
 from transformer_course.checks.machine import (check_arithmetic_intensity, check_matmul_flops,
                                                check_matmul_time_estimate, check_vector_add)
 
@@ -92,20 +92,20 @@ def add_forgot_y(x, y, block=1024):
 def add_one_block(x, y, block=1024):
     """Launches a single program: everything after the first block is never written."""
     out = torch.empty_like(x)
-    machine.add_kernel[(1,)](x, y, out, x.numel(), BLOCK=block)
+    vector_add.add_kernel[(1,)](x, y, out, x.numel(), BLOCK=block)
     return out
 
 
 def add_grid_from_rows(x, y, block=1024):
     """Sizes the grid from x.shape[0] instead of x.numel()."""
     out = torch.empty_like(x)
-    machine.add_kernel[(triton.cdiv(x.shape[0], block),)](x, y, out, x.numel(), BLOCK=block)
+    vector_add.add_kernel[(triton.cdiv(x.shape[0], block),)](x, y, out, x.numel(), BLOCK=block)
     return out
 
 
 def add_returns_fp32(x, y, block=1024):
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    machine.add_kernel[(triton.cdiv(x.numel(), block),)](x, y, out, x.numel(), BLOCK=block)
+    vector_add.add_kernel[(triton.cdiv(x.numel(), block),)](x, y, out, x.numel(), BLOCK=block)
     return out
 
 
@@ -144,7 +144,7 @@ EXERCISES = {
     ),
     "vector_add": Exercise(
         check=check_vector_add,
-        solution=machine.vector_add,
+        solution=vector_add.vector_add,
         wrong=[
             (add_without_mask, "did you mask"),
             (add_without_mask_zeros, "mask = offsets < n"),
