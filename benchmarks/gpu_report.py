@@ -67,7 +67,7 @@ DRY_BENCHMARKS = [
 
 TRITON_CHECK = """
 import os, torch
-from transformer_course.machine import triton, vector_add
+from transformer_course.vector_add import triton, vector_add
 device = "cuda" if torch.cuda.is_available() else "cpu"
 mode = "interpreted on the CPU" if os.environ.get("TRITON_INTERPRET") == "1" else "compiled"
 if triton is None:

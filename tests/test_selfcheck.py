@@ -1,6 +1,5 @@
 """The learner's self-check finds the exercises a notebook defines and reports each in the checks' words."""
 
-import importlib
 import re
 import subprocess
 import sys
@@ -105,19 +104,17 @@ def test_a_failing_cell_is_named_as_the_learner_sees_it():
 
 
 def chapter_namespace(chapter: str) -> tuple[dict, list[str]]:
-    """A notebook's globals after running its cells in order, as the exported module has them
-    (its cells, in the notebook's order), and the notebook's exercises in the order of its solution
-    cells."""
+    """A notebook's globals after running its exported cells in the notebook's order (as the
+    package's modules have them), and the notebook's exercises in the order of its solution cells."""
+    from transformer_course.tools.notebooks import exported_source
     from transformer_course.tools.selfcheck import solution_names
 
     nb = nbformat.read(SOLUTIONS / f"{chapter}.ipynb", as_version=4)
     names = [n for _, n in solution_names(nb)]
-    modules = {c.source.splitlines()[0].split()[-1] for c in nb.cells
-               if c.cell_type == "code" and c.source.startswith("#| export ")}
     ns = {"__name__": "__main__", "__spec__": None}  # a notebook's __main__ has no __spec__
-    for module in sorted(modules):
-        mod = importlib.import_module(f"transformer_course.{module}")
-        exec(compile(mod.__loader__.get_source(mod.__name__), f"<{module}>", "exec"), ns)
+    for c in nb.cells:
+        if c.cell_type == "code" and c.source.startswith("#| export "):
+            exec(compile(exported_source(c), f"<{chapter}>", "exec"), ns)
     return ns, names
 
 
