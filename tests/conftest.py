@@ -57,22 +57,24 @@ if WORKERS > 1:
 # (`--dist loadfile`), the files in the order of the collection (`--no-loadscope-reorder`), and a
 # slow file taken last would run alone at the end. Seconds per file (setup, call and teardown of
 # its items summed, from `bash tasks.sh test` with PYTEST_ADDOPTS=--durations=0 on a fresh clone,
-# 2 workers on a 2-core CPU, two runs; 2026-12-07); the files not named take under 15 s each and
-# follow in their usual order.
+# 2 workers on a 2-core CPU, two runs of the same code; 2026-12-07, later); the files not named
+# take under 15 s each and follow in their usual order.
 SLOWEST_FIRST = [
-    "tests/test_grading.py",                  # 280 s: grades 70 notebooks, 49 of them in sandboxes
-    "tests/test_translations.py",             # 70 s: builds the Chinese site, every check in Chinese
-    "tests/test_selfcheck.py",                # 55 s: the CLI runs chapters
-    "tests/test_gpu_report.py",               # 50 s: the GPU report's dry run
-    "solutions/09_decoding.ipynb",            # 40 s
-    "tests/test_bridge.py",                   # 35 s: every exercise's cases through the bridge
+    "tests/test_grading.py",                  # 250 s: grades 70 notebooks, 49 of them in sandboxes
+    "tests/test_translations.py",             # 60 s: builds the Chinese site, every check in Chinese
+    "tests/test_bridge.py",                   # 45 s: every exercise's cases through the bridge
+    "solutions/09_decoding.ipynb",            # 45 s
+    "tests/test_selfcheck.py",                # 35 s: the CLI runs chapters
+    "tests/test_gpu_report.py",               # 30 s: the GPU report's dry run
     "solutions/13_speculative_sampling.ipynb",  # 30 s
-    "solutions/04_multi_head_attention.ipynb",  # 25 s
+    "solutions/17_ring_attention.ipynb",      # 25 s
+    "tests/test_ring.py",                     # 25 s
     "solutions/18_modern_lm.ipynb",           # 20 s
     "tests/test_book.py",                     # 20 s
-    "tests/test_checks.py",                   # 20 s
-    "solutions/17_ring_attention.ipynb",      # 15 s
-    "tests/test_ring.py",                     # 15 s
+    "solutions/08_training.ipynb",            # 20 s
+    "solutions/15_infini_attention.ipynb",    # 15 s
+    "solutions/12_flash_attention.ipynb",     # 15 s
+    "tests/test_checks.py",                   # 15 s
 ]
 
 
