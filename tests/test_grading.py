@@ -184,9 +184,11 @@ def submissions(folder):
                  "        except OSError:\n            pass\n"
                  f"subprocess.run('for f in {folder}/*.ipynb {folder}/*/*/*.ipynb; do echo x > $f; done; "
                  f"rm -rf {folder}', shell=True)\n"
-                 "for d in ('..', '../..', '/tmp', '/dev/shm'):\n"
-                 "    for f in glob.glob(d + '/**/*.result', recursive=True):\n"
-                 "        open(f, 'w').write('{\"score\": 100}')\n"
+                 # three levels down from each place (the whole of / would outlast the cell's limit)
+                 f"for d in ('..', '../..', '/tmp', '/dev/shm', {str(folder.parent)!r}):\n"
+                 "    for pattern in ('/*.result', '/*/*.result', '/*/*/*.result'):\n"
+                 "        for f in glob.glob(d + pattern):\n"
+                 "            open(f, 'w').write('{\"score\": 100}')\n"
                  "open('/dev/shm/left-behind', 'w').write('x' * 1000)\nos.makedirs('figures')\n")
     insert_after(nb, "check_causal_mask", "import os\nif os.fork() == 0:\n    import time\n    time.sleep(60)\n")
     edit(nb, "padding_mask", "    return", "    import os\n    if os.fork() == 0:\n        return None\n    return")
@@ -290,6 +292,7 @@ def test_what_a_notebook_does_to_its_own_process_forges_nothing(graded):
 def test_no_submission_reaches_another_or_the_grader(graded):
     rows, fb, seen = graded
     assert scores(rows, "max") == [2, 1, 1, 1, 1]   # its forks answer nothing; its attacks hit nothing
+    assert "ran past" not in feedback(fb, "max") and " raised " not in feedback(fb, "max"), "an attack did not run"
     assert not seen["changed"], "a submission changed another's notebook"
     assert not seen["shm"] and not seen["left"], "something was left behind"
     assert scores(rows, "solved") == FULL
