@@ -11,6 +11,8 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -296,6 +298,20 @@ def test_no_submission_reaches_another_or_the_grader(graded):
     assert not seen["changed"], "a submission changed another's notebook"
     assert not seen["shm"] and not seen["left"], "something was left behind"
     assert scores(rows, "solved") == FULL
+
+
+def test_nbgraders_own_export_writes_the_same_grades(graded):
+    """book/grading.md's command: nbgrader's export, with the course's exporter, in the course folder."""
+    _, fb, _ = graded
+    out = fb.parent / "exported.csv"
+    done = subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "export", "--exporter="
+                           "transformer_course.tools.gradebook.ExerciseCsvExporter", "--to", str(out)],
+                          cwd=fb.parent / "course", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (fb.parent / "grades.csv").open() as f:
+        want = [row[:-1] for row in csv.reader(f)]  # the grader's CSV, less its similarity column
+    with out.open() as f:
+        assert list(csv.reader(f)) == want
 
 
 def test_invalid_notebooks_score_zero_with_the_reason(graded):

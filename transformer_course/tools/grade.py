@@ -21,9 +21,9 @@ How a submission is graded, and why neither it nor anyone else's can spoil a gra
 - submissions run in parallel in -j worker processes (:func:`run_workers`), each in a session of its
   own, with a progress bar: a worker that dies costs only the notebook it was grading; the main
   process alone writes nbgrader's gradebook (sqlite takes one writer), and
-  :class:`ExerciseCsvExporter` -- also usable as
-  ``nbgrader export --exporter=transformer_course.tools.grade.ExerciseCsvExporter`` -- writes the CSV
-  from it.
+  :class:`~transformer_course.tools.gradebook.ExerciseCsvExporter` -- also usable as
+  ``nbgrader export --exporter=transformer_course.tools.gradebook.ExerciseCsvExporter`` -- writes
+  the CSV from it.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from nbgrader.api import Gradebook, MissingEntry
-from nbgrader.plugins import ExportPlugin
 
 from ..i18n import SETTING, language, speaking, tr, trf
 from .bridge import BridgeError, Grader, Remote
@@ -81,36 +79,6 @@ def find_submissions(folder: Path, chapters: list[str]) -> dict[tuple[str, str],
 
 def exercise_name(grade_cell_name: str) -> str:
     return grade_cell_name.removeprefix(CHECK_PREFIX)
-
-
-class ExerciseCsvExporter(ExportPlugin):
-    """One row per student; for each graded cell (exercise) of each assignment, its score; then the total."""
-
-    def export(self, gradebook: Gradebook) -> None:
-        columns, rows = [], {}
-        for assignment in gradebook.assignments:
-            if self.assignment and assignment.name not in self.assignment:
-                continue
-            cells = [(nb.name, cell.name, cell.max_score)
-                     for nb in assignment.notebooks for cell in nb.grade_cells]
-            columns += [f"{assignment.name}/{exercise_name(c)}" for _, c, _ in cells]
-            for student in gradebook.students:
-                if self.student and student.id not in self.student:
-                    continue
-                row = rows.setdefault(student.id, {"student": student.id, "total": 0.0, "max": 0.0})
-                for nb, cell, max_score in cells:
-                    try:
-                        score = gradebook.find_grade(cell, nb, assignment.name, student.id).score
-                    except MissingEntry:  # no submission: zero
-                        score = 0.0
-                    row[f"{assignment.name}/{exercise_name(cell)}"] = score
-                    row["total"] += score
-                    row["max"] += max_score
-        with open(self.to or "grades.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, ["student", *columns, "total", "max"])
-            writer.writeheader()
-            for student in sorted(rows):
-                writer.writerow({k: (f"{v:g}" if isinstance(v, float) else v) for k, v in rows[student].items()})
 
 
 # --- what grading needs to know, prepared once per chapter --------------------------------------
@@ -742,6 +710,8 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     from tqdm import tqdm
     from traitlets.config import Config, PyFileConfigLoader
 
+    from .gradebook import record  # nbgrader: here, not in the workers (a second of imports each)
+
     submissions, source = Path(submissions).resolve(), Path(source or SOLUTIONS).resolve()
     sources = chapter_sources(source)
     found = find_submissions(submissions, list(sources))
@@ -813,15 +783,7 @@ def grade(submissions: Path, out: Path, feedback: Path | None = None, workdir: P
     elapsed = time.monotonic() - t0
     results = list(results.values())
 
-    with Gradebook(db_url, course_id) as gb:  # one writer: this process
-        for r in results:
-            gb.update_or_create_student(r.student)
-            gb.update_or_create_submission(r.chapter, r.student)
-            for x in r.exercises:
-                g = gb.find_grade(x.grade_id, r.chapter, r.chapter, r.student)
-                g.auto_score, g.needs_manual_grade = x.score, False
-        gb.db.commit()
-        ExerciseCsvExporter(to=str(out)).export(gb)
+    record(db_url, course_id, results, out)  # one writer of the gradebook: this process
     similar = similarity_notes(results, chapters)
     with open(out, newline="") as f:  # the similarity column, then the warning where nobody can miss it
         rows = list(csv.reader(f))
